@@ -1,0 +1,80 @@
+import CLibvirt
+import Glibc
+
+/// What libvirt says a domain is doing.
+public enum DomainState: String, Sendable, Equatable {
+    case running, blocked, paused, shutdown, shutoff, crashed, suspended, unknown
+}
+
+/// A libvirt domain handle.
+///
+/// `@unchecked Sendable` is safe: libvirt's object handles are reference-counted and
+/// usable from any thread, and this class never mutates the stored handle.
+public final class Domain: @unchecked Sendable {
+    private let handle: virDomainPtr
+
+    init(_ handle: virDomainPtr) { self.handle = handle }
+    deinit { virDomainFree(handle) }
+
+    public var name: String { virDomainGetName(handle).map { String(cString: $0) } ?? "" }
+
+    public func state() throws(LibvirtError) -> DomainState {
+        var state: Int32 = 0
+        var reason: Int32 = 0
+        guard virDomainGetState(handle, &state, &reason, 0) == 0 else { throw LibvirtError.last("virDomainGetState(\(name))") }
+        switch UInt32(state) {
+        case VIR_DOMAIN_RUNNING.rawValue: return .running
+        case VIR_DOMAIN_BLOCKED.rawValue: return .blocked
+        case VIR_DOMAIN_PAUSED.rawValue: return .paused
+        case VIR_DOMAIN_SHUTDOWN.rawValue: return .shutdown
+        case VIR_DOMAIN_SHUTOFF.rawValue: return .shutoff
+        case VIR_DOMAIN_CRASHED.rawValue: return .crashed
+        case VIR_DOMAIN_PMSUSPENDED.rawValue: return .suspended
+        default: return .unknown
+        }
+    }
+
+    public var isActive: Bool { virDomainIsActive(handle) == 1 }
+
+    /// Starts the domain (restoring a managed save image if it has one).
+    public func start() throws(LibvirtError) {
+        guard virDomainCreate(handle) == 0 else { throw LibvirtError.last("virDomainCreate(\(name))") }
+    }
+
+    /// Stops it at once, like pulling the power cord.
+    public func destroy() throws(LibvirtError) {
+        guard virDomainDestroy(handle) == 0 else { throw LibvirtError.last("virDomainDestroy(\(name))") }
+    }
+
+    /// Removes the persistent definition together with any managed save image.
+    public func undefine() throws(LibvirtError) {
+        let flags = VIR_DOMAIN_UNDEFINE_MANAGED_SAVE.rawValue | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA.rawValue
+        guard virDomainUndefineFlags(handle, flags) == 0 else { throw LibvirtError.last("virDomainUndefineFlags(\(name))") }
+    }
+
+    /// Saves memory and device state to `path` and stops the domain; the definition stays.
+    public func save(to path: String) throws(LibvirtError) {
+        guard virDomainSaveFlags(handle, path, nil, UInt32(VIR_DOMAIN_SAVE_RUNNING.rawValue)) == 0 else {
+            throw LibvirtError.last("virDomainSaveFlags(\(name))")
+        }
+    }
+
+    public func xmlDescription() throws(LibvirtError) -> String {
+        guard let c = virDomainGetXMLDesc(handle, 0) else { throw LibvirtError.last("virDomainGetXMLDesc(\(name))") }
+        defer { free(c) }
+        return String(cString: c)
+    }
+
+    /// Our metadata element in the persistent definition, or nil when there is none.
+    public func metadata(namespace: String) -> String? {
+        guard
+            let c = virDomainGetMetadata(
+                handle, Int32(VIR_DOMAIN_METADATA_ELEMENT.rawValue), namespace, VIR_DOMAIN_AFFECT_CONFIG.rawValue)
+        else {
+            virResetLastError()
+            return nil
+        }
+        defer { free(c) }
+        return String(cString: c)
+    }
+}

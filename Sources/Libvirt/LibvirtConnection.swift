@@ -1,0 +1,101 @@
+import CLibvirt
+
+/// The host's CPUs and memory as libvirt reports them.
+public struct NodeInfo: Sendable, Equatable {
+    public var cpus: Int
+    public var memoryKiB: UInt64
+}
+
+/// A connection to a libvirt daemon. Calls block: run them off the cooperative pool
+/// (see `Hypervisor`).
+///
+/// `@unchecked Sendable` is safe here: libvirt documents `virConnectPtr` as usable from
+/// several threads at once, and this class never mutates its stored handle after `init`.
+public final class LibvirtConnection: @unchecked Sendable {
+    private let handle: virConnectPtr
+    public let uri: String
+
+    private static let initialized: Bool = {
+        // Required before any other call when libvirt is used from several threads, and it
+        // also stops libvirt from printing errors to stderr by itself.
+        _ = virInitialize()
+        virSetErrorFunc(nil) { _, _ in }
+        return true
+    }()
+
+    public init(uri: String) throws(LibvirtError) {
+        _ = Self.initialized
+        guard let h = virConnectOpen(uri) else { throw LibvirtError.last("virConnectOpen(\(uri))") }
+        self.handle = h
+        self.uri = uri
+    }
+
+    deinit { virConnectClose(handle) }
+
+    public var isAlive: Bool { virConnectIsAlive(handle) == 1 }
+
+    public func nodeInfo() throws(LibvirtError) -> NodeInfo {
+        var info = virNodeInfo()
+        guard virNodeGetInfo(handle, &info) == 0 else { throw LibvirtError.last("virNodeGetInfo") }
+        return NodeInfo(cpus: Int(info.cpus), memoryKiB: UInt64(info.memory))
+    }
+
+    /// libvirt's version as major.minor.release.
+    public func libraryVersion() throws(LibvirtError) -> String {
+        var v: UInt = 0
+        guard virConnectGetLibVersion(handle, &v) == 0 else { throw LibvirtError.last("virConnectGetLibVersion") }
+        return "\(v / 1_000_000).\(v / 1000 % 1000).\(v % 1000)"
+    }
+
+    /// The domain capabilities XML for a virtualization type (`kvm` or `qemu`).
+    public func domainCapabilities(virtType: String) throws(LibvirtError) -> String {
+        guard let c = virConnectGetDomainCapabilities(handle, nil, "x86_64", nil, virtType, 0) else {
+            throw LibvirtError.last("virConnectGetDomainCapabilities(\(virtType))")
+        }
+        defer { free(c) }
+        return String(cString: c)
+    }
+
+    /// Defines (or redefines) a persistent domain.
+    @discardableResult
+    public func define(xml: String) throws(LibvirtError) -> Domain {
+        guard let d = virDomainDefineXML(handle, xml) else { throw LibvirtError.last("virDomainDefineXML") }
+        return Domain(d)
+    }
+
+    /// The domain of that name, or nil when there is none.
+    public func domain(named name: String) throws(LibvirtError) -> Domain? {
+        guard let d = virDomainLookupByName(handle, name) else {
+            let e = LibvirtError.last("virDomainLookupByName(\(name))")
+            if e.isNoDomain { return nil }
+            throw e
+        }
+        return Domain(d)
+    }
+
+    public func allDomains() throws(LibvirtError) -> [Domain] {
+        var list: UnsafeMutablePointer<virDomainPtr?>?
+        let n = virConnectListAllDomains(handle, &list, 0)
+        guard n >= 0, let list else { throw LibvirtError.last("virConnectListAllDomains") }
+        defer { free(list) }
+        return (0..<Int(n)).compactMap { list[$0].map(Domain.init) }
+    }
+
+    /// Restores a domain from a memory image written by `Domain.save(to:)`; it runs again.
+    public func restore(from path: String) throws(LibvirtError) {
+        guard virDomainRestoreFlags(handle, path, nil, UInt32(VIR_DOMAIN_SAVE_RUNNING.rawValue)) == 0 else {
+            throw LibvirtError.last("virDomainRestoreFlags(\(path))")
+        }
+    }
+
+    /// Defines an iSCSI CHAP secret with a usage name and sets its value.
+    public func defineISCSISecret(usage: String, value: [UInt8]) throws(LibvirtError) {
+        let xml = "<secret ephemeral='no' private='yes'><usage type='iscsi'><target>\(usage)</target></usage></secret>"
+        guard let s = virSecretDefineXML(handle, xml, 0) else { throw LibvirtError.last("virSecretDefineXML") }
+        defer { virSecretFree(s) }
+        let rc = value.withUnsafeBufferPointer { virSecretSetValue(s, $0.baseAddress, $0.count, 0) }
+        guard rc == 0 else { throw LibvirtError.last("virSecretSetValue") }
+    }
+}
+
+import Glibc

@@ -1,0 +1,204 @@
+import Foundation
+import VCModel
+
+/// A value read from the catalog together with the revision a CAS must compare against.
+public struct Versioned<Value: Sendable>: Sendable {
+    public var value: Value
+    public var modRevision: Int64
+}
+
+/// The typed catalog: every key Peerless keeps in etcd is named here and nowhere else.
+///
+///     PREFIX/images/NAME      GoldenImage
+///     PREFIX/clusters/NAME    VirtualCluster
+///     PREFIX/subnets/N        name of the cluster that holds subnet N
+///     PREFIX/ops/CLUSTER      ClusterOperation running on that cluster (its journal)
+///     PREFIX/nodes/NAME       NodeRecord, under the node's lease
+///
+/// Values are JSON in an envelope that carries a schema number. Every write that depends
+/// on what was read is a transaction guarded by that key's revision.
+public struct Catalog: Sendable {
+    public static let schema = 1
+    public let etcd: EtcdClient
+    public let prefix: String
+
+    public init(etcd: EtcdClient, prefix: String = "/peerless") {
+        self.etcd = etcd
+        self.prefix = prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
+    }
+
+    // MARK: keys
+
+    public func imageKey(_ name: String) -> String { "\(prefix)/images/\(name)" }
+    public func clusterKey(_ name: String) -> String { "\(prefix)/clusters/\(name)" }
+    public func subnetKey(_ index: Int) -> String { "\(prefix)/subnets/\(index)" }
+    public func operationKey(_ cluster: String) -> String { "\(prefix)/ops/\(cluster)" }
+    public func nodeKey(_ name: String) -> String { "\(prefix)/nodes/\(name)" }
+
+    // MARK: images
+
+    public func image(_ name: String) async throws(CatalogError) -> Versioned<GoldenImage>? {
+        try await read(imageKey(name))
+    }
+
+    public func images() async throws(CatalogError) -> [GoldenImage] {
+        try await readAll("\(prefix)/images/").map(\.value)
+    }
+
+    /// Records a new image in state `importing`; fails if the name is taken.
+    public func createImage(_ image: GoldenImage) async throws(CatalogError) {
+        let key = imageKey(image.name)
+        guard try await etcd.txn([.absent(key)], success: [.put(key, try encode(image))]) else {
+            throw .alreadyExists(kind: "image", name: image.name)
+        }
+    }
+
+    public func update(_ image: Versioned<GoldenImage>) async throws(CatalogError) {
+        let key = imageKey(image.value.name)
+        guard try await etcd.txn([.modRevision(key, equals: image.modRevision)], success: [.put(key, try encode(image.value))]) else {
+            throw .conflict(key: key)
+        }
+    }
+
+    public func deleteImage(_ name: String) async throws(CatalogError) { try await etcd.delete(imageKey(name)) }
+
+    // MARK: clusters
+
+    public func cluster(_ name: String) async throws(CatalogError) -> Versioned<VirtualCluster>? {
+        try await read(clusterKey(name))
+    }
+
+    public func clusters() async throws(CatalogError) -> [Versioned<VirtualCluster>] {
+        try await readAll("\(prefix)/clusters/")
+    }
+
+    public func usedSubnets() async throws(CatalogError) -> Set<Int> {
+        let kvs = try await etcd.list(prefix: "\(prefix)/subnets/")
+        return Set(kvs.compactMap { Int($0.key.split(separator: "/").last ?? "") })
+    }
+
+    /// Atomically records a new cluster, claims its subnet and opens its create operation.
+    /// Fails with `.alreadyExists` when the name is taken, `.conflict` when the subnet was
+    /// claimed by a concurrent create (pick another and retry).
+    public func beginCreate(_ cluster: VirtualCluster, operation: ClusterOperation) async throws(CatalogError) {
+        let ck = clusterKey(cluster.name)
+        let sk = subnetKey(cluster.network.subnet)
+        let ok = try await etcd.txn(
+            [.absent(ck), .absent(sk), .absent(operationKey(cluster.name))],
+            success: [
+                .put(ck, try encode(cluster)), .put(sk, Array(cluster.name.utf8)),
+                .put(operationKey(cluster.name), try encode(operation)),
+            ])
+        guard ok else {
+            if try await etcd.get(ck) != nil { throw .alreadyExists(kind: "cluster", name: cluster.name) }
+            throw .conflict(key: sk)
+        }
+    }
+
+    /// Opens an operation on an existing cluster and moves it to `state`, provided nobody
+    /// changed the cluster since it was read and no other operation holds it.
+    public func begin(_ operation: ClusterOperation, on cluster: Versioned<VirtualCluster>, state: ClusterState, now: Date) async throws(CatalogError) -> Versioned<VirtualCluster> {
+        var updated = cluster.value
+        updated.state = state
+        updated.updatedAt = now
+        updated.message = nil
+        let ck = clusterKey(updated.name)
+        let ok = try await etcd.txn(
+            [.modRevision(ck, equals: cluster.modRevision), .absent(operationKey(updated.name))],
+            success: [.put(ck, try encode(updated)), .put(operationKey(updated.name), try encode(operation))])
+        guard ok else {
+            if let running = try await self.operation(updated.name) { throw .busy(cluster: updated.name, operation: running) }
+            throw .conflict(key: ck)
+        }
+        guard let fresh = try await self.cluster(updated.name) else { throw .notFound(kind: "cluster", name: updated.name) }
+        return fresh
+    }
+
+    /// Closes an operation: writes the cluster's final record and removes the journal, in
+    /// one transaction guarded by the operation's identity.
+    public func finish(_ operation: ClusterOperation, cluster: VirtualCluster) async throws(CatalogError) {
+        let ok = try await etcd.txn(
+            [.value(operationKey(cluster.name), equals: try encode(operation))],
+            success: [.put(clusterKey(cluster.name), try encode(cluster)), .delete(operationKey(cluster.name))])
+        guard ok else { throw .conflict(key: operationKey(cluster.name)) }
+    }
+
+    /// Removes every trace of a cluster (after destroy or a rolled-back create).
+    public func forget(_ cluster: VirtualCluster, operation: ClusterOperation) async throws(CatalogError) {
+        let ok = try await etcd.txn(
+            [.value(operationKey(cluster.name), equals: try encode(operation))],
+            success: [
+                .delete(clusterKey(cluster.name)), .delete(subnetKey(cluster.network.subnet)),
+                .delete(operationKey(cluster.name)),
+            ])
+        guard ok else { throw .conflict(key: operationKey(cluster.name)) }
+    }
+
+    // MARK: operations
+
+    public func operation(_ cluster: String) async throws(CatalogError) -> ClusterOperation? {
+        let v: Versioned<ClusterOperation>? = try await read(operationKey(cluster))
+        return v?.value
+    }
+
+    public func operations() async throws(CatalogError) -> [ClusterOperation] {
+        try await readAll("\(prefix)/ops/").map(\.value)
+    }
+
+    // MARK: nodes
+
+    public func register(_ node: NodeRecord, lease: Int64) async throws(CatalogError) {
+        try await etcd.put(nodeKey(node.name), try encode(node), lease: lease)
+    }
+
+    public func nodes() async throws(CatalogError) -> [NodeRecord] {
+        try await readAll("\(prefix)/nodes/").map(\.value)
+    }
+
+    // MARK: encoding
+
+    private struct Envelope<T: Codable>: Codable {
+        var schema: Int
+        var value: T
+    }
+
+    public func encode<T: Codable>(_ value: T) throws(CatalogError) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys]
+        do {
+            return Array(try encoder.encode(Envelope(schema: Self.schema, value: value)))
+        } catch {
+            throw .corrupt(key: "(new value)", reason: "\(error)")
+        }
+    }
+
+    private func decode<T: Codable>(_ kv: KeyValue) throws(CatalogError) -> T {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        do {
+            let envelope = try decoder.decode(Envelope<T>.self, from: Data(kv.value))
+            guard envelope.schema <= Self.schema else {
+                throw CatalogError.corrupt(key: kv.key, reason: "schema \(envelope.schema) is newer than this vcd (\(Self.schema))")
+            }
+            return envelope.value
+        } catch let e as CatalogError {
+            throw e
+        } catch {
+            throw .corrupt(key: kv.key, reason: "\(error)")
+        }
+    }
+
+    private func read<T: Codable & Sendable>(_ key: String) async throws(CatalogError) -> Versioned<T>? {
+        guard let kv = try await etcd.get(key) else { return nil }
+        return Versioned(value: try decode(kv), modRevision: kv.modRevision)
+    }
+
+    private func readAll<T: Codable & Sendable>(_ prefix: String) async throws(CatalogError) -> [Versioned<T>] {
+        var out: [Versioned<T>] = []
+        for kv in try await etcd.list(prefix: prefix) {
+            out.append(Versioned(value: try decode(kv), modRevision: kv.modRevision))
+        }
+        return out
+    }
+}

@@ -1,0 +1,95 @@
+// VCHost: runs host programs (tgtadm, ip, dnsmasq, qemu-img, mkfs, mount) through
+// swift-subprocess: no shell, arguments as an array, bounded output, a deadline.
+// It knows nothing about what the programs are for.
+import Logging
+import Subprocess
+
+/// A host program that could not be run or did not succeed.
+public struct CommandError: Error, Sendable, CustomStringConvertible {
+    public var command: [String]
+    /// The exit status, or nil when it could not be started or was stopped.
+    public var status: Int32?
+    /// What it printed on standard error (bounded).
+    public var output: String
+
+    public var program: String { command.first ?? "?" }
+
+    /// The program's own last words, which is what a person needs to act on.
+    public var reason: String {
+        let lines = output.split(separator: "\n").map { $0.trimmingCharacters() }.filter { !$0.isEmpty }
+        return lines.last.map(String.init) ?? (status.map { "exit status \($0)" } ?? "could not run")
+    }
+
+    public var description: String { "\(program) failed: \(reason)" }
+}
+
+public struct CommandOutput: Sendable {
+    public var stdout: String
+    public var stderr: String
+}
+
+public enum HostCommand {
+    /// Runs a program found on PATH and returns its output; throws `CommandError` when
+    /// it exits non-zero, cannot start, or outlives `timeout`.
+    @discardableResult
+    public static func run(
+        _ program: String, _ arguments: [String], timeout: Duration = .seconds(120), outputLimit: Int = 1 << 20,
+        logger: Logger? = nil
+    ) async throws(CommandError) -> CommandOutput {
+        let command = [program] + arguments
+        logger?.trace("run", metadata: ["command": "\(command.joined(separator: " "))"])
+        let result: ExecutionResult<Void, StringOutput<UTF8>, StringOutput<UTF8>>
+        do {
+            result = try await withDeadline(timeout) {
+                try await Subprocess.run(
+                    .name(program), arguments: Arguments(arguments),
+                    output: .string(limit: outputLimit), error: .string(limit: outputLimit))
+            }
+        } catch let e as CommandError {
+            throw CommandError(command: command, status: nil, output: e.output)
+        } catch {
+            throw CommandError(command: command, status: nil, output: "\(error)")
+        }
+        let stdout = result.standardOutput
+        let stderr = result.standardError
+        guard case .exited(let code) = result.terminationStatus, code == 0 else {
+            let status: Int32? = if case .exited(let code) = result.terminationStatus { code } else { nil }
+            throw CommandError(command: command, status: status, output: stderr.isEmpty ? stdout : stderr)
+        }
+        return CommandOutput(stdout: stdout, stderr: stderr)
+    }
+
+    /// Like `run`, but reports whether it succeeded instead of throwing.
+    public static func succeeds(_ program: String, _ arguments: [String], timeout: Duration = .seconds(30)) async -> Bool {
+        do {
+            try await run(program, arguments, timeout: timeout)
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    private static func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else {
+                throw CommandError(command: [], status: nil, output: "did not finish within \(limit)")
+            }
+            return value
+        }
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters() -> Substring {
+        var s = self
+        while let f = s.first, f.isWhitespace { s.removeFirst() }
+        while let l = s.last, l.isWhitespace { s.removeLast() }
+        return s
+    }
+}

@@ -1,0 +1,49 @@
+import struct Foundation.Date
+
+/// Turns a subnet index into a cluster's private /24 and its VMs' static MAC→IP table.
+/// Subnets are `P.Q.N.0/24` under a configurable two-octet prefix (`10.77` by default);
+/// the gateway is `.1`, VM `i` gets `.(10+i)`.
+public struct AddressPlan: Sendable, Equatable {
+    public let prefix: String
+    public static let subnets = 1...254
+    public static let firstHost = 10
+
+    public init(prefix: String = "10.77") throws(ModelError) {
+        let parts = prefix.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts.allSatisfy({ UInt8($0) != nil }) else {
+            throw .invalidSize(what: "network prefix", value: prefix, reason: "expected two octets such as 10.77")
+        }
+        self.prefix = prefix
+    }
+
+    public func network(cluster: String, subnet: Int) -> ClusterNetwork {
+        ClusterNetwork(
+            subnet: subnet, bridge: Naming.bridge(subnet: subnet), cidr: "\(prefix).\(subnet).0/24",
+            gateway: "\(prefix).\(subnet).1", prefixLength: 24, domain: Naming.domain(cluster: cluster))
+    }
+
+    public func address(subnet: Int, index: Int) -> String { "\(prefix).\(subnet).\(Self.firstHost + index)" }
+
+    /// The lowest subnet index not in `used`, or nil when all are taken.
+    public static func firstFree(used: Set<Int>) -> Int? { subnets.first { !used.contains($0) } }
+}
+
+/// Lays out a new cluster: every VM's name, addresses, disk and target, decided before
+/// any host change so that the whole plan can be journaled first.
+public enum ClusterLayout {
+    public static func make(
+        spec: ClusterSpec, subnet: Int, node: String, addresses: AddressPlan, now: Date
+    ) -> VirtualCluster {
+        let network = addresses.network(cluster: spec.name, subnet: subnet)
+        let vms = (1...spec.vms).map { i in
+            let name = Naming.vmName(cluster: spec.name, index: i)
+            return VirtualMachine(
+                name: name, index: i, mac: Naming.mac(subnet: subnet, index: i),
+                ip: addresses.address(subnet: subnet, index: i), node: node,
+                diskIQN: Naming.diskIQN(vm: name), diskFile: "disks/\(spec.name)/\(name).raw",
+                saveFile: "saves/\(spec.name)/\(name).save")
+        }
+        return VirtualCluster(spec: spec, state: .creating, network: network, vms: vms, createdAt: now, updatedAt: now)
+    }
+}
+

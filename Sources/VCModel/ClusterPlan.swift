@@ -1,0 +1,82 @@
+/// One host-side change that a lifecycle operation makes or undoes. The daemon's executor
+/// carries steps out; this type only decides which steps, in which order.
+public enum Step: Hashable, Sendable, CustomStringConvertible {
+    /// The cluster's bridge with the gateway address on it.
+    case bridge
+    /// The dnsmasq serving the cluster's static DHCP table and DNS names.
+    case dhcp
+    /// The VM's private reflink copy of the golden image.
+    case snapshot(vm: String)
+    /// The VM's tgt target, bound to its node's initiator.
+    case export(vm: String)
+    /// Log in through libiscsi and check TEST UNIT READY, INQUIRY, READ CAPACITY.
+    case verify(vm: String)
+    /// The libvirt domain definition.
+    case define(vm: String)
+    /// Start (or restore) the domain.
+    case start(vm: String)
+    /// Save the domain's memory to the pool and stop it.
+    case save(vm: String)
+
+    public var vm: String? {
+        switch self {
+        case .bridge, .dhcp: return nil
+        case .snapshot(let vm), .export(let vm), .verify(let vm), .define(let vm), .start(let vm), .save(let vm): return vm
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .bridge: return "bridge"
+        case .dhcp: return "dhcp"
+        case .snapshot(let vm): return "snapshot \(vm)"
+        case .export(let vm): return "export \(vm)"
+        case .verify(let vm): return "verify \(vm)"
+        case .define(let vm): return "define \(vm)"
+        case .start(let vm): return "start \(vm)"
+        case .save(let vm): return "save \(vm)"
+        }
+    }
+}
+
+/// The steps of an operation: a shared part done first (network), then one chain per VM,
+/// run in parallel. Undo runs the VM chains backwards in parallel, then the shared part
+/// backwards.
+public struct ClusterPlan: Sendable, Equatable {
+    public var shared: [Step]
+    public var machines: [[Step]]
+
+    public var allSteps: [Step] { shared + machines.flatMap { $0 } }
+
+    /// Creating a cluster.
+    public static func create(_ cluster: VirtualCluster) -> ClusterPlan {
+        ClusterPlan(
+            shared: [.bridge, .dhcp],
+            machines: cluster.vms.map { [.snapshot(vm: $0.name), .export(vm: $0.name), .verify(vm: $0.name), .define(vm: $0.name), .start(vm: $0.name)] }
+        )
+    }
+
+    /// Undoing a create, or destroying: the create plan's steps that leave something
+    /// behind, in reverse. Verify leaves nothing; undoing define also stops the domain.
+    public static func teardown(_ cluster: VirtualCluster) -> ClusterPlan {
+        let made = create(cluster)
+        return ClusterPlan(
+            shared: made.shared.reversed(),
+            machines: made.machines.map { $0.reversed().filter { if case .verify = $0 { return false } else { return true } } }
+        )
+    }
+
+    /// Suspending: every VM's memory goes to the pool.
+    public static func suspend(_ cluster: VirtualCluster) -> ClusterPlan {
+        ClusterPlan(shared: [], machines: cluster.vms.map { [.save(vm: $0.name)] })
+    }
+
+    /// Resuming: the network and exports are made sure of (they are gone after a host
+    /// restart), each disk is checked, then each VM restored.
+    public static func resume(_ cluster: VirtualCluster) -> ClusterPlan {
+        ClusterPlan(
+            shared: [.bridge, .dhcp],
+            machines: cluster.vms.map { [.export(vm: $0.name), .verify(vm: $0.name), .start(vm: $0.name)] }
+        )
+    }
+}

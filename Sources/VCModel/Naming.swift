@@ -1,0 +1,87 @@
+// VCModel: the pure heart of Peerless. Names, specs, catalog records, plans, and the
+// documents handed to libvirt and dnsmasq. It performs no I/O and never reads a clock:
+// time, capacity and observed state come in as parameters.
+
+/// Derives every name a virtual cluster's resources carry from the cluster's own name and
+/// a VM's index, so that the same inputs always give the same names. Recovery after a crash
+/// relies on this: the catalog holds the cluster, and from it every resource can be found.
+public enum Naming {
+    /// The IQN prefix of everything Peerless exports or logs in with.
+    public static let iqnPrefix = "iqn.2026-11.dev.peerless"
+
+    /// `demo` and index 1 give `demo-1`: the VM, its libvirt domain and its hostname.
+    public static func vmName(cluster: String, index: Int) -> String { "\(cluster)-\(index)" }
+
+    /// The iSCSI target that exports a VM's disk.
+    public static func diskIQN(vm: String) -> String { "\(iqnPrefix):disk.\(vm)" }
+
+    /// The iSCSI target used while an image is being written into the pool.
+    public static func importIQN(image: String) -> String { "\(iqnPrefix):import.\(image)" }
+
+    /// The initiator name a node logs in with; targets are bound to it.
+    public static func initiatorIQN(node: String) -> String { "\(iqnPrefix):node.\(node)" }
+
+    /// Linux limits interface names to 15 bytes, so bridges are named by subnet index.
+    public static func bridge(subnet: Int) -> String { "vcbr\(subnet)" }
+
+    /// Locally administered MACs under QEMU's prefix: unique per cluster network because
+    /// the subnet index is unique in the catalog.
+    public static func mac(subnet: Int, index: Int) -> String {
+        "52:54:00:77:\(hex(subnet)):\(hex(index))"
+    }
+
+    /// The DNS domain of a cluster's private network.
+    public static func domain(cluster: String) -> String { "\(cluster).vc" }
+
+    private static func hex(_ v: Int) -> String {
+        let s = String(v, radix: 16)
+        return s.count == 1 ? "0" + s : s
+    }
+}
+
+/// Validation of the names that end up in libvirt, tgt, DNS and file paths.
+public enum NameRule {
+    /// Longest cluster name: `NAME-NNN` must stay a DNS label (63) and leave room in IQNs.
+    public static let maxClusterName = 40
+    public static let maxImageName = 64
+
+    /// A DNS label: lowercase letters, digits and hyphens, starting with a letter and not
+    /// ending with a hyphen. Every consumer (libvirt names, IQNs, hostnames, file names)
+    /// accepts exactly this set.
+    public static func check(_ name: String, kind: String, maxLength: Int) throws(ModelError) {
+        guard !name.isEmpty else { throw .invalidName(kind: kind, name: name, reason: "it is empty") }
+        guard name.utf8.count <= maxLength else {
+            throw .invalidName(kind: kind, name: name, reason: "it is longer than \(maxLength) characters")
+        }
+        let bytes = Array(name.utf8)
+        guard let first = bytes.first, isLower(first) else {
+            throw .invalidName(kind: kind, name: name, reason: "it must start with a lowercase letter")
+        }
+        for b in bytes where !(isLower(b) || isDigit(b) || b == UInt8(ascii: "-")) {
+            let c = String(decoding: [b], as: UTF8.self)
+            throw .invalidName(
+                kind: kind, name: name,
+                reason: "'\(c)' is not allowed; use lowercase letters, digits and '-'")
+        }
+        if bytes.last == UInt8(ascii: "-") {
+            throw .invalidName(kind: kind, name: name, reason: "it must not end with '-'")
+        }
+    }
+
+    public static func checkCluster(_ name: String) throws(ModelError) {
+        try check(name, kind: "cluster", maxLength: maxClusterName)
+    }
+
+    public static func checkImage(_ name: String) throws(ModelError) {
+        try check(name, kind: "image", maxLength: maxImageName)
+    }
+
+    /// Node names come from hostnames: lowercase them, but still refuse what tgt or DNS
+    /// would reject.
+    public static func checkNode(_ name: String) throws(ModelError) {
+        try check(name, kind: "node", maxLength: 63)
+    }
+
+    private static func isLower(_ b: UInt8) -> Bool { b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z") }
+    private static func isDigit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }
+}
