@@ -20,7 +20,7 @@ public final class Hypervisor: Sendable {
     public func shutdown() async throws { try await threads.shutdownGracefully() }
 
     /// Runs `body` with a live connection on a pool thread.
-    public func run<T: Sendable>(_ body: @escaping @Sendable (LibvirtConnection) throws(LibvirtError) -> T) async throws -> T {
+    public func run<T: Sendable>(_ body: @escaping @Sendable (LibvirtConnection) throws -> T) async throws -> T {
         try await threads.runIfActive { [uri, connection] () throws -> T in
             let conn = try Self.current(uri: uri, box: connection)
             do {

@@ -1,0 +1,167 @@
+// VCClient: talks to a vcd over its HTTP API, on TCP or on the local Unix socket. It
+// knows the wire types and nothing about terminals.
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import VCModel
+
+public enum ClientError: Error, Sendable, CustomStringConvertible {
+    /// No vcd answered at the endpoint.
+    case unreachable(endpoint: String, reason: String)
+    /// vcd refused or failed the request.
+    case api(APIError, status: Int)
+    /// vcd answered something this client does not understand.
+    case protocolError(String)
+
+    public var description: String {
+        switch self {
+        case .unreachable(let endpoint, let reason):
+            return "no vcd answers at \(endpoint) (\(reason)); is vcd running? (make demo starts one)"
+        case .api(let error, _): return error.message
+        case .protocolError(let m): return "unexpected answer from vcd: \(m)"
+        }
+    }
+
+    /// The API's error code, or a client-side one.
+    public var code: String {
+        switch self {
+        case .unreachable: return "unreachable"
+        case .api(let e, _): return e.code
+        case .protocolError: return "protocol"
+        }
+    }
+}
+
+/// A vcd endpoint: `http://HOST:PORT` or `unix:///path/to/vcd.sock`.
+public struct VCDClient: Sendable {
+    public let endpoint: String
+    private let base: String
+    private let http: HTTPClient
+
+    public init(endpoint: String, http: HTTPClient = .shared) {
+        self.endpoint = endpoint
+        self.http = http
+        if endpoint.hasPrefix("unix://") {
+            let path = String(endpoint.dropFirst("unix://".count))
+            let encoded = path.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? path
+            base = "http+unix://\(encoded)"
+        } else {
+            base = endpoint.hasSuffix("/") ? String(endpoint.dropLast()) : endpoint
+        }
+    }
+
+    /// The local socket if it exists, else loopback TCP.
+    public static func defaultEndpoint() -> String {
+        if let env = ProcessInfo.processInfo.environment["VC_ENDPOINT"], !env.isEmpty { return env }
+        if FileManager.default.fileExists(atPath: API.defaultSocket) { return "unix://\(API.defaultSocket)" }
+        return "http://127.0.0.1:\(API.defaultPort)"
+    }
+
+    public func get<T: Decodable>(_ path: String, as: T.Type = T.self) async throws(ClientError) -> T {
+        try decode(try await send(.GET, path, body: nil).1)
+    }
+
+    public func delete<T: Decodable>(_ path: String, as: T.Type = T.self) async throws(ClientError) -> T {
+        try decode(try await send(.DELETE, path, body: nil).1)
+    }
+
+    /// Raw bytes and one response header (console reads).
+    public func raw(_ path: String, header: String) async throws(ClientError) -> (bytes: [UInt8], header: String?) {
+        let (response, bytes) = try await send(.GET, path, body: nil)
+        return (bytes, response.headers.first(name: header))
+    }
+
+    /// Starts a long operation and feeds its events to `onEvent` until the final one,
+    /// which it returns (a `.done` event) or throws (a `.failed` event).
+    public enum Method: Sendable {
+        case post, delete
+        var nio: HTTPMethod { self == .post ? .POST : .DELETE }
+    }
+
+    @discardableResult
+    public func operation(
+        _ method: Method, _ path: String, body: (some Encodable)? = Optional<String>.none,
+        onEvent: (OperationEvent) -> Void
+    ) async throws(ClientError) -> OperationEvent {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = method.nio
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            guard let data = try? JSONEncoder().encode(body) else { throw .protocolError("request could not be encoded") }
+            request.body = .bytes(ByteBuffer(bytes: data))
+        }
+        let response: HTTPClientResponse
+        do {
+            response = try await http.execute(request, timeout: .hours(24))
+        } catch {
+            throw .unreachable(endpoint: endpoint, reason: Self.reason(error))
+        }
+        guard response.status == .ok else {
+            let bytes = (try? await response.body.collect(upTo: 1 << 20)).map { Array($0.readableBytesView) } ?? []
+            throw apiError(status: Int(response.status.code), bytes)
+        }
+        var pending: [UInt8] = []
+        var final: OperationEvent?
+        do {
+            for try await chunk in response.body {
+                pending += chunk.readableBytesView
+                while let newline = pending.firstIndex(of: 0x0A) {
+                    let line = Array(pending[..<newline])
+                    pending.removeSubrange(...newline)
+                    guard !line.isEmpty else { continue }
+                    let event: OperationEvent = try decode(line)
+                    onEvent(event)
+                    if event.kind == .done || event.kind == .failed { final = event }
+                }
+            }
+        } catch let e as ClientError {
+            throw e
+        } catch {
+            throw .unreachable(endpoint: endpoint, reason: "the connection broke during the operation: \(Self.reason(error)); it goes on in vcd")
+        }
+        guard let final else { throw .protocolError("the operation stream ended without a result") }
+        if final.kind == .failed {
+            throw .api(final.error ?? APIError(code: "failed", message: "the operation failed"), status: 200)
+        }
+        return final
+    }
+
+    private func send(_ method: HTTPMethod, _ path: String, body: [UInt8]?) async throws(ClientError) -> (HTTPClientResponse, [UInt8]) {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = method
+        if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
+        let response: HTTPClientResponse
+        let bytes: [UInt8]
+        do {
+            response = try await http.execute(request, timeout: .seconds(120))
+            bytes = Array(try await response.body.collect(upTo: 64 << 20).readableBytesView)
+        } catch {
+            throw .unreachable(endpoint: endpoint, reason: Self.reason(error))
+        }
+        guard response.status == .ok else { throw apiError(status: Int(response.status.code), bytes) }
+        return (response, bytes)
+    }
+
+    private func apiError(status: Int, _ bytes: [UInt8]) -> ClientError {
+        if let e = try? JSONDecoder().decode(APIError.self, from: Data(bytes)) { return .api(e, status: status) }
+        return .protocolError("HTTP \(status): \(String(decoding: bytes.prefix(200), as: UTF8.self))")
+    }
+
+    private func decode<T: Decodable>(_ bytes: [UInt8]) throws(ClientError) -> T {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        do {
+            return try decoder.decode(T.self, from: Data(bytes))
+        } catch {
+            throw .protocolError("\(error)")
+        }
+    }
+
+    private static func reason(_ error: any Error) -> String {
+        let text = "\(error)"
+        if text.lowercased().contains("refused") { return "connection refused" }
+        if text.contains("ENOENT") || text.contains("No such file") { return "no such socket" }
+        return text
+    }
+}

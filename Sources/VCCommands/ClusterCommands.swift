@@ -1,0 +1,162 @@
+import ArgumentParser
+import Foundation
+import VCClient
+import VCModel
+
+struct ClusterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cluster", abstract: "Virtual clusters: sets of VMs with a private network.",
+        subcommands: [
+            ClusterCreate.self, ClusterList.self, ClusterShow.self, ClusterSuspend.self, ClusterResume.self,
+            ClusterDestroy.self,
+        ])
+}
+
+/// Memory as people write it: 512, 512M, 1G.
+struct MemorySize: ExpressibleByArgument {
+    var mib: Int
+    init?(argument: String) {
+        guard let m = try? ByteSize.parseMiB(argument) else { return nil }
+        mib = m
+    }
+    var defaultValueDescription: String { "\(mib)M" }
+}
+
+struct ClusterCreate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create", abstract: "Create a virtual cluster and start its VMs.",
+        discussion: """
+            Each VM boots from its own copy-on-write snapshot of the image, exported over iSCSI. \
+            VMs are named NAME-1 … NAME-N, get their addresses by DHCP on the cluster's private \
+            network, and resolve each other as NAME-i.NAME.vc. A failure midway undoes everything.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Cluster name (lowercase letters, digits, '-'; at most 40).") var name: String
+    @Option(help: "Golden image to boot from.") var image: String
+    @Option(help: "Number of VMs (1-240).") var vms: Int
+    @Option(help: "vCPUs per VM.") var vcpus: Int = 1
+    @Option(help: "Memory per VM, e.g. 256M or 1G.") var memory: MemorySize = MemorySize(argument: "256M")!
+    @Option(name: .customLong("ssh-key"), help: "A public key file to install in the VMs (repeatable).", completion: .file())
+    var sshKeys: [String] = []
+
+    func validate() throws {
+        do {
+            try spec(keys: []).validate()
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    func spec(keys: [String]) -> ClusterSpec {
+        ClusterSpec(name: name, image: image, vms: vms, vcpus: vcpus, memoryMiB: memory.mib, sshKeys: keys)
+    }
+
+    func run() async throws {
+        try await CLI.run {
+            var keys: [String] = []
+            for file in sshKeys {
+                guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ValidationError("cannot read \(file)") }
+                keys += text.split(separator: "\n").map { String($0) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+            }
+            try await ClusterOps.create(spec(keys: keys), global: global)
+        }
+    }
+}
+
+enum ClusterOps {
+    static func create(_ spec: ClusterSpec, global: GlobalOptions) async throws {
+        let view = ProgressView(quiet: global.output == .json)
+        try await global.client.operation(.post, "/v1/clusters", body: spec) { view.show($0) }
+        try await show(spec.name, global: global)
+    }
+
+    static func show(_ name: String, global: GlobalOptions) async throws {
+        let status: ClusterStatus = try await global.client.get("/v1/clusters/\(name)")
+        print(global.output == .json ? Render.json(status) : Render.cluster(status))
+    }
+
+    /// Runs suspend, resume or destroy and reports the outcome.
+    static func change(_ name: String, _ method: VCDClient.Method, _ path: String, global: GlobalOptions) async throws -> OperationEvent {
+        let view = ProgressView(quiet: global.output == .json)
+        return try await global.client.operation(method, path, body: Optional<String>.none) { view.show($0) }
+    }
+}
+
+struct ClusterList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List virtual clusters.", aliases: ["ls"])
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        try await CLI.run {
+            let clusters: [VirtualCluster] = try await global.client.get("/v1/clusters")
+            if global.output == .json { return print(Render.json(clusters)) }
+            let rows = clusters.map {
+                [$0.name, $0.state.rawValue, $0.spec.image, "\($0.spec.vms)", "\($0.spec.memoryMiB) MiB", $0.network.cidr]
+            }
+            print(Render.table(["NAME", "STATE", "IMAGE", "VMS", "MEMORY/VM", "NETWORK"], rows))
+        }
+    }
+}
+
+struct ClusterShow: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a virtual cluster and its VMs.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Cluster name.") var name: String
+
+    func run() async throws {
+        try await CLI.run { try await ClusterOps.show(name, global: global) }
+    }
+}
+
+struct ClusterSuspend: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "suspend", abstract: "Save every VM's memory to the pool and stop it.",
+        discussion: "A suspended cluster resumes after a restart of vcd, libvirtd or the whole machine.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Cluster name.") var name: String
+
+    func run() async throws {
+        try await CLI.run {
+            let final = try await ClusterOps.change(name, .post, "/v1/clusters/\(name)/suspend", global: global)
+            if global.output == .json { return try await ClusterOps.show(name, global: global) }
+            print(final.message ?? "suspended \(name)")
+        }
+    }
+}
+
+struct ClusterResume: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resume", abstract: "Restore every VM of a suspended cluster from its saved memory.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Cluster name.") var name: String
+
+    func run() async throws {
+        try await CLI.run {
+            let final = try await ClusterOps.change(name, .post, "/v1/clusters/\(name)/resume", global: global)
+            if global.output == .json { return try await ClusterOps.show(name, global: global) }
+            print(final.message ?? "resumed \(name)")
+        }
+    }
+}
+
+struct ClusterDestroy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "destroy", abstract: "Stop and remove a cluster: VMs, disks, exports, network and catalog entries.",
+        aliases: ["rm"])
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Cluster name.") var name: String
+
+    func run() async throws {
+        try await CLI.run {
+            let final = try await ClusterOps.change(name, .delete, "/v1/clusters/\(name)", global: global)
+            if global.output == .json { return print(Render.json(["destroyed": name])) }
+            print(final.message ?? "destroyed \(name)")
+        }
+    }
+}

@@ -1,0 +1,69 @@
+import ArgumentParser
+import Foundation
+import VCModel
+
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node", abstract: "Physical nodes of the cluster.", subcommands: [NodeList.self])
+}
+
+struct NodeList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List nodes whose lease is alive.", aliases: ["ls"])
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        try await CLI.run {
+            let nodes: [NodeRecord] = try await global.client.get("/v1/nodes")
+            if global.output == .json { return print(Render.json(nodes)) }
+            let rows = nodes.map {
+                [$0.name, "\($0.capacity.cpus)", "\($0.capacity.memoryMiB) MiB", $0.accelerator.kind.rawValue, $0.api, $0.initiator]
+            }
+            print(Render.table(["NAME", "CPUS", "MEMORY", "ACCEL", "API", "INITIATOR"], rows))
+        }
+    }
+}
+
+/// `vcnode status`: what a hardware technician checks on one node.
+public struct NodeStatusCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Health of this node: its daemons, pool, capacity and VMs.")
+
+    @OptionGroup var global: GlobalOptions
+
+    public init() {}
+
+    public func run() async throws {
+        try await CLI.run {
+            let s: NodeStatus = try await global.client.get("/v1/node")
+            if global.output == .json { return print(Render.json(s)) }
+            let r = s.record
+            print(
+                Render.fields([
+                    ("Node", r.name),
+                    ("Initiator", r.initiator),
+                    ("Accelerator", "\(r.accelerator.kind.rawValue) (\(r.accelerator.reason))"),
+                    ("Capacity", "\(r.capacity.cpus) CPUs, \(r.capacity.memoryMiB) MiB; \(s.committedMemoryMiB) MiB committed"),
+                    (
+                        "Pool",
+                        "\(s.pool.path) (\(s.pool.filesystem), \(s.pool.backing)), \(ByteSize.describe(bytes: s.pool.freeBytes)) free of \(ByteSize.describe(bytes: s.pool.sizeBytes))"
+                    ),
+                    ("Clusters", "\(s.clusters), \(s.runningVMs) VM(s) running"),
+                    ("vcd", "\(r.version), up since \(Render.date(r.startedAt))"),
+                ]))
+            print()
+            print(Render.table(["DAEMON", "HEALTH", "DETAIL"], s.daemons.map { [$0.name, $0.healthy ? "ok" : "FAILED", $0.detail] }))
+            if s.daemons.contains(where: { !$0.healthy }) { throw ExitCode(5) }
+        }
+    }
+}
+
+/// The node agent's command tree.
+public struct VCNode: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "vcnode", abstract: "Peerless node agent, for the hardware technician.",
+        discussion: "Talks to the vcd of this node over its local socket.",
+        subcommands: [NodeStatusCommand.self])
+
+    public init() {}
+}

@@ -1,0 +1,165 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Libvirt
+import NIOCore
+import VCModel
+import VCStorage
+
+/// The HTTP API of vcd (see `API` in VCModel for the wire types). Failures answer with
+/// the status of their `DaemonError` and an `APIError` body; long operations answer 200
+/// with a stream of `OperationEvent` lines once their request was accepted.
+struct APIRoutes: Sendable {
+    let node: PeerNode
+    let lifecycle: ClusterLifecycle
+    let images: ImageLibrary
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        let v = "/\(API.version)"
+        router.get("\(v)/node") { _, _ in try await respond { try await nodeStatus() } }
+        router.get("\(v)/nodes") { _, _ in try await respond { try await node.catalog.nodes() } }
+
+        router.get("\(v)/images") { _, _ in try await respond { try await images.list() } }
+        router.post("\(v)/images") { request, context in
+            try await stream {
+                let body = try await decode(ImportImageRequest.self, request, context)
+                return try await images.importImage(body)
+            }
+        }
+        router.delete("\(v)/images/:name") { _, context in
+            try await respond { () async throws -> [String: String] in
+                let name = try context.parameters.require("name")
+                try await images.delete(name)
+                return ["deleted": name]
+            }
+        }
+
+        router.get("\(v)/clusters") { _, _ in try await respond { try await lifecycle.list() } }
+        router.post("\(v)/clusters") { request, context in
+            try await stream { try await lifecycle.create(try await decode(ClusterSpec.self, request, context)) }
+        }
+        router.get("\(v)/clusters/:name") { _, context in
+            try await respond { try await lifecycle.status(try context.parameters.require("name")) }
+        }
+        router.post("\(v)/clusters/:name/suspend") { _, context in
+            try await stream { try await lifecycle.suspend(try context.parameters.require("name")) }
+        }
+        router.post("\(v)/clusters/:name/resume") { _, context in
+            try await stream { try await lifecycle.resume(try context.parameters.require("name")) }
+        }
+        router.delete("\(v)/clusters/:name") { _, context in
+            try await stream { try await lifecycle.destroy(try context.parameters.require("name")) }
+        }
+        router.get("\(v)/vms/:name/console") { request, context in
+            do {
+                let name = try context.parameters.require("name")
+                let offset = request.uri.queryParameters.get("offset").flatMap(UInt64.init) ?? 0
+                let (bytes, next) = try await lifecycle.console(vm: name, offset: offset)
+                var headers = HTTPFields()
+                headers[.contentType] = "text/plain; charset=utf-8"
+                headers[HTTPField.Name("X-Console-Offset")!] = "\(next)"
+                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+            } catch {
+                return failure(DaemonError.from(error))
+            }
+        }
+        return router
+    }
+
+    func nodeStatus() async throws -> NodeStatus {
+        async let etcd = probe("etcd") { () async throws -> String in
+            let n = try await node.catalog.nodes().count
+            return "\(node.configuration.etcd.endpoint), \(n) node(s) registered"
+        }
+        async let libvirt = probe("libvirtd") { () async throws -> String in
+            let version = try await node.hypervisor.run { try $0.libraryVersion() }
+            return "libvirt \(version), \(node.accelerator.kind.rawValue): \(node.accelerator.reason)"
+        }
+        async let tgt = probe("tgtd") { () async throws -> String in
+            "\(try await node.exporter.targets().count) target(s) on \(node.configuration.iscsi.portal)"
+        }
+        let clusters = (try? await node.catalog.clusters().map(\.value)) ?? []
+        let running = (try? await node.hypervisor.run { try $0.allDomains().filter(\.isActive).count }) ?? 0
+        return NodeStatus(
+            record: record(), daemons: await [etcd, libvirt, tgt], pool: try node.pool.status(),
+            clusters: clusters.count, runningVMs: running,
+            committedMemoryMiB: (try? await node.committedMemoryMiB()) ?? 0)
+    }
+
+    func record() -> NodeRecord {
+        NodeRecord(
+            name: node.name, initiator: node.initiator, api: "http://\(node.configuration.api.host):\(node.configuration.api.port)",
+            capacity: node.capacity, accelerator: node.accelerator, version: Version.current, startedAt: Version.started)
+    }
+
+    private func probe(_ name: String, _ check: @Sendable () async throws -> String) async -> DaemonHealth {
+        do {
+            return DaemonHealth(name: name, healthy: true, detail: try await check())
+        } catch {
+            return DaemonHealth(name: name, healthy: false, detail: DaemonError.from(error).description)
+        }
+    }
+
+    // MARK: - encoding
+
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.dateEncodingStrategy = .iso8601
+        e.outputFormatting = [.sortedKeys]
+        return e
+    }()
+
+    private func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws -> T {
+        let buffer = try await request.body.collect(upTo: 1 << 20)
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+        } catch {
+            throw DaemonError.invalid("the request body is not a valid \(T.self): \(error)")
+        }
+    }
+
+    private func respond<T: Encodable>(_ body: () async throws -> T) async throws -> Response {
+        do {
+            let value = try await body()
+            var headers = HTTPFields()
+            headers[.contentType] = "application/json"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: try Self.encoder.encode(value))))
+        } catch {
+            return failure(DaemonError.from(error))
+        }
+    }
+
+    private func stream(_ start: () async throws -> AsyncStream<OperationEvent>) async throws -> Response {
+        let events: AsyncStream<OperationEvent>
+        do {
+            events = try await start()
+        } catch {
+            return failure(DaemonError.from(error))
+        }
+        var headers = HTTPFields()
+        headers[.contentType] = API.streamContentType
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { writer in
+                for await event in events {
+                    var line = try Self.encoder.encode(event)
+                    line.append(0x0A)
+                    try await writer.write(ByteBuffer(bytes: line))
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    private func failure(_ error: DaemonError) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        let body = (try? Self.encoder.encode(error.apiError)) ?? Data()
+        return Response(status: .init(code: error.httpStatus), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    }
+}
+
+public enum Version {
+    public static let current = "0.1.0"
+    public static let started = Date()
+}

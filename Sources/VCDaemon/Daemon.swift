@@ -1,0 +1,101 @@
+import Foundation
+import Hummingbird
+import ISCSI
+import Libvirt
+import Logging
+import ServiceLifecycle
+import Systemd
+import VCCatalog
+import VCModel
+import VCStorage
+
+/// Assembles a node's vcd: checks the daemons it needs, prepares the pool, decides the
+/// accelerator, and runs the API listeners, the node lease, the reconciler and the
+/// watchdog as one service group that stops gracefully on SIGTERM.
+public enum Daemon {
+    public static func run(configuration: DaemonConfiguration, logger: Logger) async throws {
+        let node = try await prepare(configuration: configuration, logger: logger)
+        let lifecycle = ClusterLifecycle(node: node)
+        let images = ImageLibrary(node: node)
+        let routes = APIRoutes(node: node, lifecycle: lifecycle, images: images)
+        let readiness = Readiness(status: "serving on \(configuration.api.host):\(configuration.api.port), \(node.accelerator.kind.rawValue)")
+
+        let tcp = Application(
+            router: routes.router(),
+            configuration: .init(address: .hostname(configuration.api.host, port: configuration.api.port), serverName: "vcd"),
+            onServerRunning: { _ in await readiness.listenerBound() }, logger: logger)
+        let socketPath = configuration.api.socket
+        try makeDirectory(String(socketPath[..<(socketPath.lastIndex(of: "/") ?? socketPath.startIndex)]))
+        unlink(socketPath)
+        let local = Application(
+            router: routes.router(), configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "vcd"),
+            logger: logger)
+
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: tcp), .init(service: local),
+                    .init(service: NodeLease(node: node, record: routes.record(), readiness: readiness)),
+                    .init(service: Reconciler(node: node, lifecycle: lifecycle, images: images)),
+                    .init(service: WatchdogService(readiness: readiness)),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        logger.info(
+            "vcd starting",
+            metadata: [
+                "node": "\(node.name)", "api": "\(configuration.api.host):\(configuration.api.port)",
+                "accelerator": "\(node.accelerator.kind.rawValue)", "pool": "\(node.pool.root)",
+            ])
+        try await group.run()
+        SystemdNotifier.stopping()
+        try? await node.hypervisor.shutdown()
+        try? await node.iscsi.shutdown()
+    }
+
+    /// Everything that must hold before vcd serves: a valid node name, etcd, libvirtd and
+    /// tgtd answering, the pool mounted. Each failure is one line saying what to start.
+    static func prepare(configuration: DaemonConfiguration, logger: Logger) async throws -> PeerNode {
+        do {
+            try NameRule.checkNode(configuration.node)
+            let addresses = try AddressPlan(prefix: configuration.network.prefix)
+            let catalog = Catalog(etcd: EtcdClient(endpoint: configuration.etcd.endpoint), prefix: configuration.etcd.prefix)
+            _ = try await catalog.nodes()
+
+            let hypervisor = Hypervisor(uri: configuration.libvirtURI)
+            let info = try await hypervisor.run { try $0.nodeInfo() }
+            let exporter = TargetExporter(
+                chap: configuration.iscsi.chapUser.flatMap { u in configuration.iscsi.chapPassword.map { (u, $0) } }, logger: logger)
+            _ = try await exporter.targets()
+
+            let pool = StoragePool(configuration: configuration.pool, logger: logger)
+            let poolStatus = try await pool.prepare()
+            logger.info(
+                "pool ready",
+                metadata: ["path": "\(poolStatus.path)", "filesystem": "\(poolStatus.filesystem)", "backing": "\(poolStatus.backing)"])
+
+            try makeDirectory(configuration.stateDirectory)
+            let accelerator = await AcceleratorProbe(
+                configuration: configuration.accelerator, cacheFile: "\(configuration.stateDirectory)/accelerator.json",
+                logger: logger
+            ).decide()
+            logger.info("accelerator", metadata: ["kind": "\(accelerator.kind.rawValue)", "reason": "\(accelerator.reason)"])
+
+            if let user = configuration.iscsi.chapUser, let password = configuration.iscsi.chapPassword {
+                _ = user
+                try await hypervisor.run { try $0.defineISCSISecret(usage: PeerNode.chapSecretUsage, value: Array(password.utf8)) }
+            }
+            let capacity = NodeCapacity(node: configuration.node, cpus: info.cpus, memoryMiB: Int(info.memoryKiB / 1024))
+            return PeerNode(
+                configuration: configuration, logger: logger, catalog: catalog, hypervisor: hypervisor,
+                iscsi: ISCSIClient(initiator: Naming.initiatorIQN(node: configuration.node)), exporter: exporter, pool: pool,
+                addresses: addresses, accelerator: accelerator, capacity: capacity)
+        } catch {
+            throw DaemonError.from(error)
+        }
+    }
+
+    static func makeDirectory(_ path: String) throws {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+}

@@ -1,0 +1,122 @@
+// VCDaemon: the peer daemon's assembly: configuration, the API, lifecycle operations
+// that carry out the model's plans, recovery and reconciliation, the node lease. It
+// decides nothing the model can decide; it executes plans and records them in the catalog.
+import Foundation
+import VCStorage
+import Yams
+
+/// vcd's configuration: one struct, read once at start (from YAML), passed down.
+/// Every field has a default, so the embedded single-machine setup needs no file.
+public struct DaemonConfiguration: Codable, Sendable, Equatable {
+    /// This node's name; defaults to the lowercased hostname.
+    public var node: String
+    /// Where vcd keeps what it can rebuild: consoles, dnsmasq files, the accelerator probe.
+    public var stateDirectory: String
+    public var api: APIConfiguration
+    public var etcd: EtcdConfiguration
+    public var libvirtURI: String
+    public var pool: PoolConfiguration
+    public var network: NetworkConfiguration
+    public var iscsi: ISCSIConfiguration
+    public var accelerator: AcceleratorConfiguration
+    /// Lease TTL of the node's registration, in seconds.
+    public var leaseTTLSeconds: Int
+    /// Fault injection for tests only; never set in production.
+    public var testing: TestingHooks
+
+    public struct APIConfiguration: Codable, Sendable, Equatable {
+        public var host: String = "127.0.0.1"
+        public var port: Int = 7480
+        /// The local socket vcnode and a local vc use.
+        public var socket: String = "/run/peerless/vcd.sock"
+    }
+
+    public struct EtcdConfiguration: Codable, Sendable, Equatable {
+        public var endpoint: String = "http://127.0.0.1:2379"
+        /// Every key lives under it; tests use their own.
+        public var prefix: String = "/peerless"
+    }
+
+    public struct NetworkConfiguration: Codable, Sendable, Equatable {
+        /// Cluster networks are PREFIX.N.0/24.
+        public var prefix: String = "10.77"
+    }
+
+    public struct ISCSIConfiguration: Codable, Sendable, Equatable {
+        /// The portal of this node's tgtd, as QEMU and libiscsi reach it.
+        public var portal: String = "127.0.0.1:3260"
+        /// CHAP on every VM disk when both are set.
+        public var chapUser: String?
+        public var chapPassword: String?
+    }
+
+    public struct AcceleratorConfiguration: Codable, Sendable, Equatable {
+        /// `auto` probes KVM and falls back to TCG; `kvm` or `tcg` force one.
+        public var mode: String = "auto"
+        /// A kernel and initrd that print PEERLESS-PROBE-OK when booted with
+        /// `peerless.probe` (images/tiny/build.sh makes them).
+        public var probeKernel: String = "/var/lib/peerless/probe/vmlinuz"
+        public var probeInitrd: String = "/var/lib/peerless/probe/initrd.img"
+        public var probeTimeoutSeconds: Int = 20
+    }
+
+    public struct TestingHooks: Codable, Sendable, Equatable {
+        /// Make a create fail once this many VMs are complete (rollback tests).
+        public var failCreateAfterVMs: Int?
+        /// Sleep before every host step (crash-recovery tests).
+        public var stepDelayMilliseconds: Int?
+    }
+
+    public init() {
+        node = Self.defaultNodeName()
+        stateDirectory = "/var/lib/peerless"
+        api = APIConfiguration()
+        etcd = EtcdConfiguration()
+        libvirtURI = "qemu:///system"
+        pool = PoolConfiguration()
+        network = NetworkConfiguration()
+        iscsi = ISCSIConfiguration()
+        accelerator = AcceleratorConfiguration()
+        leaseTTLSeconds = 10
+        testing = TestingHooks()
+    }
+
+    /// Reads YAML; keys left out keep their defaults. Unknown keys are refused, so that a
+    /// misspelt setting is not silently ignored.
+    public static func load(yaml: String) throws -> DaemonConfiguration {
+        let defaults = try JSONSerialization.jsonObject(with: JSONEncoder().encode(DaemonConfiguration()))
+        guard let given = try Yams.load(yaml: yaml) else { return DaemonConfiguration() }
+        let merged = try merge(given, over: defaults, path: "")
+        return try JSONDecoder().decode(DaemonConfiguration.self, from: JSONSerialization.data(withJSONObject: merged))
+    }
+
+    struct UnknownSetting: Error, CustomStringConvertible {
+        var path: String
+        var description: String { "unknown setting '\(path)'" }
+    }
+
+    private static func merge(_ given: Any, over defaults: Any, path: String) throws -> Any {
+        guard let g = given as? [String: Any], let d = defaults as? [String: Any] else { return given }
+        var out = d
+        for (key, value) in g {
+            let sub = path.isEmpty ? key : "\(path).\(key)"
+            guard d.keys.contains(key) || isOptionalSetting(sub) else { throw UnknownSetting(path: sub) }
+            out[key] = try d[key].map { try merge(value, over: $0, path: sub) } ?? value
+        }
+        return out
+    }
+
+    /// Optional settings are absent from the encoded defaults, so they are listed here.
+    private static func isOptionalSetting(_ path: String) -> Bool {
+        ["iscsi.chapUser", "iscsi.chapPassword", "testing.failCreateAfterVMs", "testing.stepDelayMilliseconds"].contains(path)
+    }
+
+    static func defaultNodeName() -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        gethostname(&buf, buf.count)
+        let host = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let label = host.split(separator: ".").first.map(String.init) ?? "node"
+        let cleaned = String(label.lowercased().map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "-" })
+        return cleaned.first?.isLetter == true ? cleaned : "node-" + cleaned
+    }
+}

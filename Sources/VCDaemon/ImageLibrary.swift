@@ -1,0 +1,149 @@
+import Foundation
+import ISCSI
+import Logging
+import VCCatalog
+import VCHost
+import VCModel
+import VCStorage
+
+/// Golden images: import through iSCSI into the pool, list, delete.
+///
+/// An import writes the image through a temporary tgt target with libiscsi, exactly as a
+/// node without the pool mounted would: the storage node's pool is only ever written by
+/// its own tgtd.
+public struct ImageLibrary: Sendable {
+    let node: PeerNode
+
+    public init(node: PeerNode) { self.node = node }
+
+    public func list() async throws(DaemonError) -> [GoldenImage] {
+        do {
+            return try await node.catalog.images().sorted { $0.name < $1.name }
+        } catch {
+            throw DaemonError.from(error)
+        }
+    }
+
+    public func importImage(_ request: ImportImageRequest) async throws(DaemonError) -> AsyncStream<OperationEvent> {
+        let image: GoldenImage
+        let facts: ImageFacts
+        do {
+            try NameRule.checkImage(request.name)
+            guard request.path.hasPrefix("/") else { throw DaemonError.invalid("image path '\(request.path)' must be absolute") }
+            if try await node.catalog.image(request.name) != nil { throw CatalogError.alreadyExists(kind: "image", name: request.name) }
+            facts = try await ImageInspector.inspect(request.path)
+            // LUNs are whole 512-byte blocks.
+            let size = (facts.virtualSize + 511) / 512 * 512
+            let free = try node.pool.status().freeBytes
+            guard size < free else {
+                throw DaemonError.invalid("image needs \(ByteSize.describe(bytes: size)) but the pool has \(ByteSize.describe(bytes: free)) free")
+            }
+            image = GoldenImage(
+                name: request.name, state: .importing, sourceFormat: facts.format, sizeBytes: size,
+                file: GoldenImage.file(for: request.name), node: node.name, importedAt: node.now())
+            try await node.catalog.createImage(image)
+        } catch {
+            throw DaemonError.from(error)
+        }
+        let (stream, events) = AsyncStream<OperationEvent>.makeStream()
+        Task {
+            await run(image, source: request.path, facts: facts, events: events)
+            events.finish()
+        }
+        return stream
+    }
+
+    private func run(_ image: GoldenImage, source: String, facts: ImageFacts, events: AsyncStream<OperationEvent>.Continuation) async {
+        let iqn = Naming.importIQN(image: image.name)
+        let started = ContinuousClock.now
+        do {
+            try node.pool.createFile(image.file, size: image.sizeBytes)
+            _ = try await node.exporter.export(iqn: iqn, file: node.pool.path(image.file), initiators: [node.initiator])
+            events.yield(OperationEvent(kind: .progress, message: "writing", completed: 0, total: image.sizeBytes))
+            switch facts.format {
+            case "qcow2": try await convertQcow2(source, iqn: iqn, total: image.sizeBytes, events: events)
+            default: try await copyRaw(source, iqn: iqn, length: facts.virtualSize, events: events)
+            }
+            try await node.exporter.unexport(iqn: iqn)
+            guard var current = try await node.catalog.image(image.name) else { throw CatalogError.notFound(kind: "image", name: image.name) }
+            current.value.state = .ready
+            current.value.importedAt = node.now()
+            try await node.catalog.update(current)
+            let seconds = (ContinuousClock.now - started).components
+            node.logger.info(
+                "imported", metadata: ["image": "\(image.name)", "bytes": "\(image.sizeBytes)", "seconds": "\(seconds.seconds)"])
+            events.yield(OperationEvent(kind: .done, message: "image \(image.name) is ready", image: current.value))
+        } catch {
+            let reason = DaemonError.from(error)
+            node.logger.error("import failed", metadata: ["image": "\(image.name)", "error": "\(reason)"])
+            await discard(image)
+            events.yield(OperationEvent(kind: .failed, error: APIError(code: reason.code, message: "import of \(image.name) failed: \(reason)")))
+        }
+    }
+
+    private func copyRaw(_ source: String, iqn: String, length: UInt64, events: AsyncStream<OperationEvent>.Continuation) async throws {
+        let fd = open(source, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw StorageError.unreadable(path: source, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        // Tell the kernel we read it once, front to back.
+        _ = posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_SEQUENTIAL))
+        let total = length
+        _ = try await node.iscsi.withSession(node.target(iqn: iqn), chap: node.chap) { session in
+            let capacity = try session.readCapacity()
+            var reported: UInt64 = 0
+            return try session.copy(fromFile: fd, length: total, blockSize: capacity.blockSize) { done in
+                // Every 1% is plenty for a progress bar.
+                if done == total || done - reported >= max(total / 100, 1 << 20) {
+                    reported = done
+                    events.yield(OperationEvent(kind: .progress, completed: done, total: total))
+                }
+            }
+        }
+    }
+
+    /// qcow2 needs decoding; QEMU's own libiscsi driver writes it into the target.
+    private func convertQcow2(_ source: String, iqn: String, total: UInt64, events: AsyncStream<OperationEvent>.Continuation) async throws {
+        let parts = node.configuration.iscsi.portal
+        let target =
+            "driver=iscsi,transport=tcp,portal=\(parts),target=\(iqn),lun=1,initiator-name=\(node.initiator)"
+            + (node.chap.map { ",user=\($0.user),password-secret=" } ?? "")
+        guard node.chap == nil else {
+            throw DaemonError.invalid("qcow2 import with CHAP is not supported yet; convert to raw first (qemu-img convert -O raw)")
+        }
+        try await HostCommand.run(
+            "qemu-img", ["convert", "-n", "-f", "qcow2", "--target-image-opts", source, target],
+            timeout: .seconds(6 * 3600), logger: node.logger)
+        events.yield(OperationEvent(kind: .progress, completed: total, total: total))
+    }
+
+    /// Removes an image's file, temporary target and catalog key. Idempotent.
+    func discard(_ image: GoldenImage) async {
+        try? await node.exporter.unexport(iqn: Naming.importIQN(image: image.name))
+        try? node.pool.remove(image.file)
+        try? await node.catalog.deleteImage(image.name)
+    }
+
+    public func delete(_ name: String) async throws(DaemonError) {
+        do {
+            try NameRule.checkImage(name)
+            guard let image = try await node.catalog.image(name)?.value else { throw CatalogError.notFound(kind: "image", name: name) }
+            let users = try await node.catalog.clusters().map(\.value).filter { $0.spec.image == name }.map(\.name)
+            guard users.isEmpty else {
+                throw DaemonError.conflict("image '\(name)' is used by cluster(s) \(users.joined(separator: ", ")); destroy them first")
+            }
+            guard image.state == .ready else { throw DaemonError.conflict("image '\(name)' is still being imported") }
+            await discard(image)
+        } catch {
+            throw DaemonError.from(error)
+        }
+    }
+
+    /// Imports this node was running when it stopped cannot be resumed: drop them.
+    func recover() async {
+        guard let images = try? await node.catalog.images() else { return }
+        for image in images where image.state == .importing && image.node == node.name {
+            node.logger.warning("discarding an interrupted import", metadata: ["image": "\(image.name)"])
+            await discard(image)
+        }
+    }
+}

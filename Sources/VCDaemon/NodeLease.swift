@@ -1,0 +1,79 @@
+import Logging
+import ServiceLifecycle
+import Systemd
+import VCCatalog
+import VCModel
+
+/// Tracks what must hold before systemd hears READY=1: the API listener is bound and the
+/// node's lease is held.
+public actor Readiness {
+    private var listening = false
+    private var leaseHeld = false
+    private var announced = false
+    private let status: String
+
+    public init(status: String) { self.status = status }
+
+    public func listenerBound() {
+        listening = true
+        announce()
+    }
+
+    public func lease(held: Bool) {
+        leaseHeld = held
+        announce()
+    }
+
+    public var healthy: Bool { leaseHeld }
+
+    private func announce() {
+        guard listening, leaseHeld, !announced else { return }
+        announced = true
+        SystemdNotifier.ready(status: status)
+    }
+}
+
+/// The node's registration in the catalog under an etcd lease, renewed at a third of its
+/// TTL. Other nodes (and `vc node list`) see this node exactly as long as the lease lives.
+public struct NodeLease: Service {
+    let node: PeerNode
+    let record: NodeRecord
+    let readiness: Readiness
+
+    public func run() async throws {
+        var lease: Int64?
+        let ttl = max(node.configuration.leaseTTLSeconds, 2)
+        while !Task.isShuttingDownGracefully {
+            do {
+                if let id = lease, try await node.catalog.etcd.keepAlive(lease: id) > 0 {
+                    await readiness.lease(held: true)
+                } else {
+                    let granted = try await node.catalog.etcd.grantLease(ttlSeconds: ttl)
+                    try await node.catalog.register(record, lease: granted.id)
+                    lease = granted.id
+                    node.logger.info("node registered", metadata: ["lease": "\(granted.id)", "ttl": "\(granted.ttl)"])
+                    await readiness.lease(held: true)
+                }
+            } catch {
+                node.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
+                await readiness.lease(held: false)
+            }
+            try? await Task.sleep(for: .seconds(Double(ttl) / 3))
+        }
+        if let lease { try? await node.catalog.etcd.revoke(lease: lease) }
+    }
+}
+
+/// Pings systemd's watchdog at half its interval while the node is healthy. A vcd that
+/// hangs, or that cannot keep its lease, stops pinging and is restarted by systemd.
+public struct WatchdogService: Service {
+    let readiness: Readiness
+
+    public func run() async throws {
+        guard let interval = SystemdNotifier.watchdogInterval else { return }
+        while !Task.isShuttingDownGracefully {
+            if await readiness.healthy { SystemdNotifier.watchdog() }
+            try? await Task.sleep(for: interval / 2)
+        }
+    }
+}

@@ -1,0 +1,81 @@
+import Logging
+import VCModel
+
+/// Runs a plan's steps: the shared part in order, then the machines' chains in parallel.
+/// Undo runs the chains in parallel and then the shared part, and goes on past failures
+/// so that one stuck resource does not keep the others alive.
+struct PlanExecution: Sendable {
+    let runner: StepRunner
+    let events: AsyncStream<OperationEvent>.Continuation
+    /// Called each time a machine's chain completes, with how many have; may throw to
+    /// stop the operation (fault injection in tests).
+    var machineCompleted: @Sendable (Int) throws -> Void = { _ in }
+
+    func perform(_ plan: ClusterPlan) async throws {
+        let total = plan.allSteps.count
+        let counter = StepCounter()
+        for step in plan.shared {
+            try Task.checkCancellation()
+            try await runner.perform(step)
+            events.yield(.step(step.description, completed: await counter.next(), total: total))
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for chain in plan.machines {
+                group.addTask {
+                    for step in chain {
+                        try Task.checkCancellation()
+                        try await runner.perform(step)
+                        events.yield(.step(step.description, completed: await counter.next(), total: total))
+                    }
+                    try machineCompleted(await counter.machineDone())
+                }
+            }
+            // The first failure cancels the other chains; rollback then undoes them all.
+            try await group.waitForAll()
+        }
+    }
+
+    /// Returns the failures, as text; empty when everything was undone.
+    func undo(_ plan: ClusterPlan) async -> [String] {
+        var problems: [String] = []
+        await withTaskGroup(of: [String].self) { group in
+            for chain in plan.machines {
+                group.addTask {
+                    var failed: [String] = []
+                    for step in chain {
+                        do {
+                            try await runner.undo(step)
+                            events.yield(.step("undo \(step)"))
+                        } catch {
+                            failed.append("undo \(step): \(DaemonError.from(error))")
+                        }
+                    }
+                    return failed
+                }
+            }
+            for await failed in group { problems += failed }
+        }
+        for step in plan.shared {
+            do {
+                try await runner.undo(step)
+                events.yield(.step("undo \(step)"))
+            } catch {
+                problems.append("undo \(step): \(DaemonError.from(error))")
+            }
+        }
+        return problems
+    }
+}
+
+private actor StepCounter {
+    private var steps = 0
+    private var machines = 0
+    func next() -> Int {
+        steps += 1
+        return steps
+    }
+    func machineDone() -> Int {
+        machines += 1
+        return machines
+    }
+}

@@ -1,0 +1,179 @@
+import Foundation
+import ISCSI
+import Libvirt
+import Logging
+import VCModel
+import VCNetwork
+import VCStorage
+
+/// Carries out one step of a plan on this node, or undoes it. Every step is idempotent
+/// and every undo tolerates a step that never happened, so recovery can replay a whole
+/// plan after a crash.
+struct StepRunner: Sendable {
+    let node: PeerNode
+    let cluster: VirtualCluster
+    /// The golden image, needed only to make snapshots.
+    let image: GoldenImage?
+
+    private var logger: Logger {
+        var l = node.logger
+        l[metadataKey: "cluster"] = "\(cluster.name)"
+        return l
+    }
+
+    private func vm(_ name: String) -> VirtualMachine {
+        cluster.vms.first { $0.name == name }!
+    }
+
+    private var bridge: ClusterBridge { ClusterBridge(network: cluster.network, logger: logger) }
+
+    private var dhcp: DHCPServer {
+        DHCPServer(table: DHCPTable(network: cluster.network, vms: cluster.vms, runDirectory: node.networkDirectory), logger: logger)
+    }
+
+    func perform(_ step: Step) async throws {
+        if let delay = node.configuration.testing.stepDelayMilliseconds { try await Task.sleep(for: .milliseconds(delay)) }
+        logger.debug("step", metadata: ["step": "\(step)"])
+        switch step {
+        case .bridge:
+            try await bridge.ensure()
+        case .dhcp:
+            try await dhcp.ensure()
+        case .snapshot(let name):
+            guard let image else { throw DaemonError.failed("no golden image given for \(name)'s snapshot") }
+            try node.pool.clone(image.file, to: vm(name).diskFile)
+        case .export(let name):
+            let m = vm(name)
+            _ = try await node.exporter.export(
+                iqn: m.diskIQN, file: node.pool.path(m.diskFile), initiators: [Naming.initiatorIQN(node: m.node)])
+        case .verify(let name):
+            let m = vm(name)
+            let size = try node.pool.size(m.diskFile)
+            do {
+                _ = try await node.iscsi.verifyDisk(node.target(iqn: m.diskIQN), expectedBytes: size, chap: node.chap)
+            } catch {
+                throw DaemonError.failed("disk of \(name) does not answer as expected, VM not started: \(error)")
+            }
+        case .define(let name):
+            let xml = document(vm(name)).xml
+            try makeConsoleDirectory()
+            _ = try await node.hypervisor.run { try $0.define(xml: xml) }
+        case .start(let name):
+            try await start(vm(name))
+        case .save(let name):
+            try await save(vm(name))
+        }
+    }
+
+    func undo(_ step: Step) async throws {
+        logger.debug("undo", metadata: ["step": "\(step)"])
+        switch step {
+        case .bridge:
+            try await bridge.remove()
+        case .dhcp:
+            await dhcp.remove()
+        case .snapshot(let name):
+            try node.pool.remove(vm(name).diskFile)
+            node.pool.removeDirectory("disks/\(cluster.name)")
+        case .export(let name):
+            try await node.exporter.unexport(iqn: vm(name).diskIQN)
+        case .verify:
+            break
+        case .define(let name):
+            try await undefine(name)
+            unlink(node.consolePath(cluster: cluster.name, vm: name))
+            rmdir("\(node.consoleDirectory)/\(cluster.name)")
+        case .start(let name), .save(let name):
+            let m = vm(name)
+            try await node.hypervisor.run { conn in
+                guard let d = try conn.domain(named: name), Self.isOurs(d, cluster: cluster.name) else { return }
+                if d.isActive { try d.destroy() }
+            }
+            try node.pool.remove(m.saveFile)
+            try node.pool.remove(m.saveFile + ".partial")
+            node.pool.removeDirectory("saves/\(cluster.name)")
+        }
+    }
+
+    // MARK: - domains
+
+    func document(_ m: VirtualMachine) -> DomainDocument {
+        DomainDocument(
+            vm: m, cluster: cluster.name, vcpus: cluster.spec.vcpus, memoryMiB: cluster.spec.memoryMiB,
+            bridge: cluster.network.bridge, portal: node.portal, initiator: Naming.initiatorIQN(node: m.node),
+            accelerator: node.accelerator.kind, consolePath: node.consolePath(cluster: cluster.name, vm: m.name),
+            chap: node.chap.map { CHAPReference(user: $0.user, secretUsage: PeerNode.chapSecretUsage) },
+            sshKeys: cluster.spec.sshKeys)
+    }
+
+    /// Starts a VM: restores its memory image when it has one (resume), boots it otherwise.
+    private func start(_ m: VirtualMachine) async throws {
+        let savePath = node.pool.path(m.saveFile)
+        let hasImage = node.pool.exists(m.saveFile)
+        try await node.hypervisor.run { conn in
+            guard let d = try conn.domain(named: m.name) else {
+                throw DaemonError.failed("domain \(m.name) is not defined")
+            }
+            if d.isActive { return }
+            if hasImage { try conn.restore(from: savePath) } else { try d.start() }
+        }
+        if hasImage { try node.pool.remove(m.saveFile) }
+    }
+
+    /// Saves a running VM's memory into the pool. The image is written under a temporary
+    /// name and renamed when complete, so a crash never leaves a truncated image that a
+    /// resume would trust.
+    private func save(_ m: VirtualMachine) async throws {
+        let final = node.pool.path(m.saveFile)
+        let partial = final + ".partial"
+        try node.pool.remove(m.saveFile + ".partial")
+        try makeDirectory(StoragePoolPath.parent(final))
+        let saved = try await node.hypervisor.run { conn -> Bool in
+            guard let d = try conn.domain(named: m.name) else { throw DaemonError.failed("domain \(m.name) is not defined") }
+            guard d.isActive else { return false }
+            try d.save(to: partial)
+            return true
+        }
+        if saved {
+            guard rename(partial, final) == 0 else {
+                throw DaemonError.failed("could not keep \(m.name)'s memory image: \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    private func undefine(_ name: String) async throws {
+        try await node.hypervisor.run { conn in
+            guard let d = try conn.domain(named: name) else { return }
+            // Never remove a domain Peerless did not make for this cluster.
+            guard Self.isOurs(d, cluster: cluster.name) else { return }
+            if d.isActive { try d.destroy() }
+            try d.undefine()
+        }
+    }
+
+    static func isOurs(_ domain: Domain, cluster: String) -> Bool {
+        guard let meta = domain.metadata(namespace: DomainDocument.metadataNamespace) else { return false }
+        return meta.contains("cluster=\"\(cluster)\"") || meta.contains("cluster='\(cluster)'")
+    }
+
+    private func makeConsoleDirectory() throws {
+        try makeDirectory("\(node.consoleDirectory)/\(cluster.name)")
+    }
+
+    private func makeDirectory(_ path: String) throws {
+        var partial = ""
+        for component in path.split(separator: "/") {
+            partial += "/" + component
+            if mkdir(partial, 0o755) != 0 && errno != EEXIST {
+                throw DaemonError.failed("could not create \(partial): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+}
+
+enum StoragePoolPath {
+    static func parent(_ p: String) -> String {
+        guard let slash = p.lastIndex(of: "/"), slash != p.startIndex else { return "/" }
+        return String(p[..<slash])
+    }
+}

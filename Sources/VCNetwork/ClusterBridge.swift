@@ -1,0 +1,45 @@
+import Logging
+import VCHost
+import VCModel
+
+/// A cluster network's bridge. VMs' taps are attached to it by libvirt.
+public struct ClusterBridge: Sendable {
+    public let network: ClusterNetwork
+    private let logger: Logger
+
+    public init(network: ClusterNetwork, logger: Logger) {
+        self.network = network
+        self.logger = logger
+    }
+
+    public var name: String { network.bridge }
+
+    public func exists() async -> Bool { await HostCommand.succeeds("ip", ["link", "show", "dev", name]) }
+
+    /// Creates the bridge with the gateway address and brings it up. Idempotent.
+    public func ensure() async throws(NetworkError) {
+        if await !exists() {
+            try await ip("create", ["link", "add", "name", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+        }
+        let address = "\(network.gateway)/\(network.prefixLength)"
+        let shown = (try? await HostCommand.run("ip", ["-o", "-4", "addr", "show", "dev", name]))?.stdout ?? ""
+        if !shown.contains(" \(address) ") {
+            try await ip("address", ["addr", "replace", address, "dev", name])
+        }
+        try await ip("bring up", ["link", "set", "dev", name, "up"])
+    }
+
+    /// Deletes the bridge. Idempotent.
+    public func remove() async throws(NetworkError) {
+        guard await exists() else { return }
+        try await ip("delete", ["link", "del", "dev", name])
+    }
+
+    private func ip(_ operation: String, _ args: [String]) async throws(NetworkError) {
+        do {
+            try await HostCommand.run("ip", args, logger: logger)
+        } catch {
+            throw .bridgeFailed(bridge: name, operation: operation, reason: error.reason)
+        }
+    }
+}

@@ -1,0 +1,161 @@
+import Logging
+import VCHost
+
+/// A target as tgtd reports it.
+public struct TargetInfo: Sendable, Equatable {
+    public var tid: Int
+    public var iqn: String
+    /// Backing files of LUNs other than the controller LUN 0.
+    public var backingFiles: [String]
+    /// Initiator names bound in the ACL.
+    public var initiators: [String]
+    /// Initiators with an open I_T nexus (logged in now).
+    public var connected: [String]
+}
+
+/// Exports files as iSCSI targets with tgtd, one target per disk with the disk as LUN 1,
+/// bound by initiator name (and CHAP when configured). An actor, because tgtd target ids
+/// are chosen by the caller and two concurrent exports must not pick the same one.
+public actor TargetExporter {
+    private let logger: Logger
+    public let chap: (user: String, password: String)?
+
+    public init(chap: (user: String, password: String)? = nil, logger: Logger) {
+        self.chap = chap
+        self.logger = logger
+    }
+
+    /// Makes (or re-makes) the target `iqn` serving `file` to `initiators` only.
+    /// Idempotent: an existing target with the same IQN and file is kept and its ACL
+    /// corrected. A failure midway removes what this call made.
+    public func export(iqn: String, file: String, initiators: [String]) async throws(StorageError) -> TargetInfo {
+        let existing = try await targets()
+        if let t = existing.first(where: { $0.iqn == iqn }) {
+            if t.backingFiles == [file] {
+                for name in initiators where !t.initiators.contains(name) {
+                    try await tgtadm(iqn, "bind", ["--op", "bind", "--mode", "target", "--tid", "\(t.tid)", "--initiator-name", name])
+                }
+                for name in t.initiators where !initiators.contains(name) {
+                    try await tgtadm(iqn, "unbind", ["--op", "unbind", "--mode", "target", "--tid", "\(t.tid)", "--initiator-name", name])
+                }
+                return try await target(iqn) ?? t
+            }
+            try await remove(tid: t.tid, iqn: iqn)
+        }
+        let used = Set(existing.map(\.tid))
+        let tid = (1...).first { !used.contains($0) }!
+        try await tgtadm(iqn, "create", ["--op", "new", "--mode", "target", "--tid", "\(tid)", "-T", iqn])
+        do {
+            try await tgtadm(iqn, "add LUN 1 to", ["--op", "new", "--mode", "logicalunit", "--tid", "\(tid)", "--lun", "1", "-b", file])
+            for name in initiators {
+                try await tgtadm(iqn, "bind", ["--op", "bind", "--mode", "target", "--tid", "\(tid)", "--initiator-name", name])
+            }
+            if let chap {
+                try await ensureAccount(chap.user, chap.password)
+                try await tgtadm(iqn, "bind CHAP account to", ["--op", "bind", "--mode", "account", "--tid", "\(tid)", "--user", chap.user])
+            }
+        } catch {
+            try? await remove(tid: tid, iqn: iqn)
+            throw error
+        }
+        logger.debug("exported", metadata: ["iqn": "\(iqn)", "tid": "\(tid)", "file": "\(file)"])
+        return TargetInfo(tid: tid, iqn: iqn, backingFiles: [file], initiators: initiators, connected: [])
+    }
+
+    /// Removes the target and drops its sessions. Idempotent.
+    public func unexport(iqn: String) async throws(StorageError) {
+        guard let t = try await target(iqn) else { return }
+        try await remove(tid: t.tid, iqn: iqn)
+    }
+
+    public func target(_ iqn: String) async throws(StorageError) -> TargetInfo? {
+        try await targets().first { $0.iqn == iqn }
+    }
+
+    public func targets() async throws(StorageError) -> [TargetInfo] {
+        let out: CommandOutput
+        do {
+            out = try await HostCommand.run("tgtadm", ["--lld", "iscsi", "--op", "show", "--mode", "target"], timeout: .seconds(30))
+        } catch {
+            throw .targetDaemon(reason: error.reason)
+        }
+        return Self.parse(out.stdout)
+    }
+
+    private func remove(tid: Int, iqn: String) async throws(StorageError) {
+        try await tgtadm(iqn, "delete", ["--op", "delete", "--mode", "target", "--tid", "\(tid)", "--force"])
+        logger.debug("unexported", metadata: ["iqn": "\(iqn)", "tid": "\(tid)"])
+    }
+
+    private func ensureAccount(_ user: String, _ password: String) async throws(StorageError) {
+        let out: CommandOutput
+        do {
+            out = try await HostCommand.run("tgtadm", ["--lld", "iscsi", "--op", "show", "--mode", "account"])
+        } catch {
+            throw .targetDaemon(reason: error.reason)
+        }
+        let users = out.stdout.split(separator: "\n").map { $0.trimmingCharacters() }
+        if users.contains(user) { return }
+        try await tgtadm(user, "create CHAP account", ["--op", "new", "--mode", "account", "--user", user, "--password", password])
+    }
+
+    private func tgtadm(_ what: String, _ operation: String, _ args: [String]) async throws(StorageError) {
+        do {
+            try await HostCommand.run("tgtadm", ["--lld", "iscsi"] + args, timeout: .seconds(30))
+        } catch {
+            if error.isMissingTargetDaemon { throw .targetDaemon(reason: error.reason) }
+            throw .targetFailed(iqn: what, operation: operation, reason: error.reason)
+        }
+    }
+
+    /// Parses `tgtadm --op show --mode target`.
+    static func parse(_ text: String) -> [TargetInfo] {
+        var result: [TargetInfo] = []
+        var current: TargetInfo?
+        var section = ""
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: true) {
+            let line = raw.trimmingCharacters()
+            if raw.hasPrefix("Target ") {
+                if let c = current { result.append(c) }
+                let head = raw.dropFirst("Target ".count)
+                let parts = head.split(separator: ":", maxSplits: 1)
+                current = TargetInfo(
+                    tid: Int(parts.first ?? "") ?? -1, iqn: parts.count > 1 ? parts[1].trimmingCharacters() : "",
+                    backingFiles: [], initiators: [], connected: [])
+                section = ""
+                continue
+            }
+            guard current != nil else { continue }
+            if line.hasSuffix("information:") {
+                section = line
+                continue
+            }
+            switch section {
+            case "I_T nexus information:":
+                if line.hasPrefix("Initiator: ") {
+                    let name = line.dropFirst("Initiator: ".count).split(separator: " ").first.map(String.init) ?? ""
+                    current!.connected.append(name)
+                }
+            case "LUN information:":
+                if line.hasPrefix("Backing store path: ") {
+                    let path = String(line.dropFirst("Backing store path: ".count))
+                    if path != "None" { current!.backingFiles.append(path) }
+                }
+            case "ACL information:":
+                current!.initiators.append(line)
+            default: break
+            }
+        }
+        if let c = current { result.append(c) }
+        return result
+    }
+}
+
+extension Substring {
+    func trimmingCharacters() -> String {
+        var s = self
+        while let f = s.first, f.isWhitespace { s.removeFirst() }
+        while let l = s.last, l.isWhitespace { s.removeLast() }
+        return String(s)
+    }
+}

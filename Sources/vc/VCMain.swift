@@ -1,0 +1,5 @@
+// vc: the administrator CLI. Everything lives in VCCommands.
+import VCCommands
+
+@main
+extension VC {}
