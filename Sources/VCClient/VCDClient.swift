@@ -39,7 +39,13 @@ public struct VCDClient: Sendable {
     private let base: String
     private let http: HTTPClient
 
-    public init(endpoint: String, http: HTTPClient = .shared) {
+    /// One client for the process, never shut down: a CLI exits when done. No read
+    /// timeout, because an operation's stream may be quiet while a VM saves.
+    public static let sharedHTTP = HTTPClient(
+        eventLoopGroupProvider: .singleton,
+        configuration: HTTPClient.Configuration(timeout: .init(connect: .seconds(5), read: nil)))
+
+    public init(endpoint: String, http: HTTPClient = VCDClient.sharedHTTP) {
         self.endpoint = endpoint
         self.http = http
         if endpoint.hasPrefix("unix://") {

@@ -35,7 +35,8 @@ public actor Readiness {
 
 /// The node's registration in the catalog under an etcd lease, renewed at a third of its
 /// TTL. Other nodes (and `vc node list`) see this node exactly as long as the lease lives.
-public struct NodeLease: Service {
+public struct NodeLease: Service, CustomStringConvertible {
+    public var description: String { "NodeLease" }
     let node: PeerNode
     let record: NodeRecord
     let readiness: Readiness
@@ -43,7 +44,7 @@ public struct NodeLease: Service {
     public func run() async throws {
         var lease: Int64?
         let ttl = max(node.configuration.leaseTTLSeconds, 2)
-        while !Task.isShuttingDownGracefully {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do {
                 if let id = lease, try await node.catalog.etcd.keepAlive(lease: id) > 0 {
                     await readiness.lease(held: true)
@@ -66,12 +67,17 @@ public struct NodeLease: Service {
 
 /// Pings systemd's watchdog at half its interval while the node is healthy. A vcd that
 /// hangs, or that cannot keep its lease, stops pinging and is restarted by systemd.
-public struct WatchdogService: Service {
+public struct WatchdogService: Service, CustomStringConvertible {
     let readiness: Readiness
+    public var description: String { "Watchdog" }
 
     public func run() async throws {
-        guard let interval = SystemdNotifier.watchdogInterval else { return }
-        while !Task.isShuttingDownGracefully {
+        guard let interval = SystemdNotifier.watchdogInterval else {
+            // Nothing to ping; stay until the group stops.
+            try? await gracefulShutdown()
+            return
+        }
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
             if await readiness.healthy { SystemdNotifier.watchdog() }
             try? await Task.sleep(for: interval / 2)
         }

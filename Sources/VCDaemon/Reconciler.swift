@@ -7,7 +7,8 @@ import VCModel
 /// undoes the operations this node was running when it stopped (the journal), then, every
 /// `interval`, it re-makes what a restart of the host, tgtd or dnsmasq loses: bridges,
 /// DHCP servers, exports, and the VMs of running clusters.
-public struct Reconciler: Service {
+public struct Reconciler: Service, CustomStringConvertible {
+    public var description: String { "Reconciler" }
     let node: PeerNode
     let lifecycle: ClusterLifecycle
     let images: ImageLibrary
@@ -16,7 +17,7 @@ public struct Reconciler: Service {
     public func run() async throws {
         await recoverOperations()
         await images.recover()
-        while !Task.isShuttingDownGracefully {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
             await reconcile()
             try? await Task.sleep(for: interval)
         }

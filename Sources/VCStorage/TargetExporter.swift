@@ -18,6 +18,9 @@ public struct TargetInfo: Sendable, Equatable {
 /// are chosen by the caller and two concurrent exports must not pick the same one.
 public actor TargetExporter {
     private let logger: Logger
+    /// Target ids picked by exports still in flight: the actor is reentrant across awaits,
+    /// so a tid must be reserved before the first await that follows its choice.
+    private var reserved: Set<Int> = []
     public let chap: (user: String, password: String)?
 
     public init(chap: (user: String, password: String)? = nil, logger: Logger) {
@@ -42,8 +45,10 @@ public actor TargetExporter {
             }
             try await remove(tid: t.tid, iqn: iqn)
         }
-        let used = Set(existing.map(\.tid))
+        let used = Set(existing.map(\.tid)).union(reserved)
         let tid = (1...).first { !used.contains($0) }!
+        reserved.insert(tid)
+        defer { reserved.remove(tid) }
         try await tgtadm(iqn, "create", ["--op", "new", "--mode", "target", "--tid", "\(tid)", "-T", iqn])
         do {
             try await tgtadm(iqn, "add LUN 1 to", ["--op", "new", "--mode", "logicalunit", "--tid", "\(tid)", "--lun", "1", "-b", file])
