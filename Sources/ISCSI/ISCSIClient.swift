@@ -28,7 +28,9 @@ public final class ISCSIClient: Sendable {
     /// The checks a disk must pass before a VM may boot from it: it answers TEST UNIT
     /// READY, INQUIRY says it is a connected direct-access device, and READ CAPACITY gives
     /// the size we exported.
-    public func verifyDisk(_ target: ISCSITarget, expectedBytes: UInt64, chap: CHAPCredentials? = nil) async throws -> Capacity {
+    public func verifyDisk(_ target: ISCSITarget, expectedBytes: UInt64, chap: CHAPCredentials? = nil) async throws
+        -> Capacity
+    {
         try await withSession(target, chap: chap) { session in
             try session.testUnitReady()
             let inquiry = try session.inquiry()

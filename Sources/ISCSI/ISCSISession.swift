@@ -93,9 +93,11 @@ public final class ISCSISession {
     /// Writes whole blocks at `lba`.
     public func write(lba: UInt64, bytes: [UInt8], blockSize: UInt32) throws(ISCSIError) {
         var copy = bytes
-        let task = try copy.withUnsafeMutableBufferPointer { (buf) throws(ISCSIError) -> UnsafeMutablePointer<scsi_task> in
+        let task = try copy.withUnsafeMutableBufferPointer {
+            (buf) throws(ISCSIError) -> UnsafeMutablePointer<scsi_task> in
             try command("WRITE(16) at \(lba)") {
-                iscsi_write16_sync(context, lun, lba, buf.baseAddress, UInt32(buf.count), Int32(blockSize), 0, 0, 0, 0, 0)
+                iscsi_write16_sync(
+                    context, lun, lba, buf.baseAddress, UInt32(buf.count), Int32(blockSize), 0, 0, 0, 0, 0)
             }
         }
         scsi_free_scsi_task(task)
@@ -110,12 +112,15 @@ public final class ISCSISession {
         fromFile fd: Int32, length: UInt64, blockSize: UInt32, chunkSize: Int = 1 << 20, depth: Int = 16,
         progress: (UInt64) -> Void
     ) throws(ISCSIError) -> UInt64 {
-        let pipeline = WritePipeline(context: context, lun: lun, blockSize: blockSize, chunkSize: chunkSize, depth: depth)
+        let pipeline = WritePipeline(
+            context: context, lun: lun, blockSize: blockSize, chunkSize: chunkSize, depth: depth)
         defer { pipeline.release() }
         return try pipeline.run(fd: fd, length: length, progress: progress)
     }
 
-    private func command(_ name: String, _ call: () -> UnsafeMutablePointer<scsi_task>?) throws(ISCSIError) -> UnsafeMutablePointer<scsi_task> {
+    private func command(_ name: String, _ call: () -> UnsafeMutablePointer<scsi_task>?) throws(ISCSIError)
+        -> UnsafeMutablePointer<scsi_task>
+    {
         guard let task = call() else { throw ISCSIError(operation: name, message: Self.message(context)) }
         let status = peerless_task_status(task)
         guard status == Int32(SCSI_STATUS_GOOD.rawValue) else {

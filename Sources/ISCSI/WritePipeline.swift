@@ -73,7 +73,8 @@ final class WritePipeline {
             let inFlight = slots.contains { $0.busy }
             if !inFlight && (offset >= length || failure != nil) { break }
 
-            var pfd = pollfd(fd: iscsi_get_fd(context), events: Int16(truncatingIfNeeded: iscsi_which_events(context)), revents: 0)
+            var pfd = pollfd(
+                fd: iscsi_get_fd(context), events: Int16(truncatingIfNeeded: iscsi_which_events(context)), revents: 0)
             let ready = poll(&pfd, 1, 1000)
             if ready < 0 && errno != EINTR {
                 throw ISCSIError(operation: "poll", message: String(cString: strerror(errno)))
@@ -88,7 +89,9 @@ final class WritePipeline {
         return sent
     }
 
-    private func readFully(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, count: Int, at offset: UInt64) throws(ISCSIError) {
+    private func readFully(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, count: Int, at offset: UInt64)
+        throws(ISCSIError)
+    {
         var done = 0
         while done < count {
             let n = pread(fd, buffer.baseAddress! + done, count - done, off_t(offset) + off_t(done))

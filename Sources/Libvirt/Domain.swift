@@ -21,7 +21,9 @@ public final class Domain: @unchecked Sendable {
     public func state() throws(LibvirtError) -> DomainState {
         var state: Int32 = 0
         var reason: Int32 = 0
-        guard virDomainGetState(handle, &state, &reason, 0) == 0 else { throw LibvirtError.last("virDomainGetState(\(name))") }
+        guard virDomainGetState(handle, &state, &reason, 0) == 0 else {
+            throw LibvirtError.last("virDomainGetState(\(name))")
+        }
         switch UInt32(state) {
         case VIR_DOMAIN_RUNNING.rawValue: return .running
         case VIR_DOMAIN_BLOCKED.rawValue: return .blocked
@@ -49,7 +51,9 @@ public final class Domain: @unchecked Sendable {
     /// Removes the persistent definition together with any managed save image.
     public func undefine() throws(LibvirtError) {
         let flags = VIR_DOMAIN_UNDEFINE_MANAGED_SAVE.rawValue | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA.rawValue
-        guard virDomainUndefineFlags(handle, flags) == 0 else { throw LibvirtError.last("virDomainUndefineFlags(\(name))") }
+        guard virDomainUndefineFlags(handle, flags) == 0 else {
+            throw LibvirtError.last("virDomainUndefineFlags(\(name))")
+        }
     }
 
     /// Saves memory and device state to `path` and stops the domain; the definition stays.

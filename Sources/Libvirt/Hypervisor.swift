@@ -33,7 +33,9 @@ public final class Hypervisor: Sendable {
         }
     }
 
-    private static func current(uri: String, box: NIOLockedValueBox<LibvirtConnection?>) throws(LibvirtError) -> LibvirtConnection {
+    private static func current(uri: String, box: NIOLockedValueBox<LibvirtConnection?>) throws(LibvirtError)
+        -> LibvirtConnection
+    {
         let existing = box.withLockedValue { $0 }
         if let existing, existing.isAlive { return existing }
         let fresh = try LibvirtConnection(uri: uri)

@@ -1,4 +1,5 @@
 import CLibvirt
+import Glibc
 
 /// The host's CPUs and memory as libvirt reports them.
 public struct NodeInfo: Sendable, Equatable {
@@ -97,5 +98,3 @@ public final class LibvirtConnection: @unchecked Sendable {
         guard rc == 0 else { throw LibvirtError.last("virSecretSetValue") }
     }
 }
-
-import Glibc

@@ -55,7 +55,10 @@ public struct Catalog: Sendable {
 
     public func update(_ image: Versioned<GoldenImage>) async throws(CatalogError) {
         let key = imageKey(image.value.name)
-        guard try await etcd.txn([.modRevision(key, equals: image.modRevision)], success: [.put(key, try encode(image.value))]) else {
+        guard
+            try await etcd.txn(
+                [.modRevision(key, equals: image.modRevision)], success: [.put(key, try encode(image.value))])
+        else {
             throw .conflict(key: key)
         }
     }
@@ -97,7 +100,9 @@ public struct Catalog: Sendable {
 
     /// Opens an operation on an existing cluster and moves it to `state`, provided nobody
     /// changed the cluster since it was read and no other operation holds it.
-    public func begin(_ operation: ClusterOperation, on cluster: Versioned<VirtualCluster>, state: ClusterState, now: Date) async throws(CatalogError) -> Versioned<VirtualCluster> {
+    public func begin(
+        _ operation: ClusterOperation, on cluster: Versioned<VirtualCluster>, state: ClusterState, now: Date
+    ) async throws(CatalogError) -> Versioned<VirtualCluster> {
         var updated = cluster.value
         updated.state = state
         updated.updatedAt = now
@@ -107,10 +112,14 @@ public struct Catalog: Sendable {
             [.modRevision(ck, equals: cluster.modRevision), .absent(operationKey(updated.name))],
             success: [.put(ck, try encode(updated)), .put(operationKey(updated.name), try encode(operation))])
         guard ok else {
-            if let running = try await self.operation(updated.name) { throw .busy(cluster: updated.name, operation: running) }
+            if let running = try await self.operation(updated.name) {
+                throw .busy(cluster: updated.name, operation: running)
+            }
             throw .conflict(key: ck)
         }
-        guard let fresh = try await self.cluster(updated.name) else { throw .notFound(kind: "cluster", name: updated.name) }
+        guard let fresh = try await self.cluster(updated.name) else {
+            throw .notFound(kind: "cluster", name: updated.name)
+        }
         return fresh
     }
 
@@ -179,7 +188,8 @@ public struct Catalog: Sendable {
         do {
             let envelope = try decoder.decode(Envelope<T>.self, from: Data(kv.value))
             guard envelope.schema <= Self.schema else {
-                throw CatalogError.corrupt(key: kv.key, reason: "schema \(envelope.schema) is newer than this vcd (\(Self.schema))")
+                throw CatalogError.corrupt(
+                    key: kv.key, reason: "schema \(envelope.schema) is newer than this vcd (\(Self.schema))")
             }
             return envelope.value
         } catch let e as CatalogError {

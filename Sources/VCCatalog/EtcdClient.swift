@@ -24,7 +24,8 @@ public enum CatalogError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .unreachable(let endpoint, let reason):
-            return "the catalog (etcd at \(endpoint)) is not reachable: \(reason); start etcd (scripts/daemons.sh start)"
+            return
+                "the catalog (etcd at \(endpoint)) is not reachable: \(reason); start etcd (scripts/daemons.sh start)"
         case .rejected(let endpoint, let status, let message):
             return "the catalog (etcd at \(endpoint)) refused the request (\(status)): \(message)"
         case .corrupt(let key, let reason): return "catalog key \(key) holds a value that cannot be read: \(reason)"
@@ -84,7 +85,8 @@ public struct EtcdClient: Sendable {
 
     /// Every key under `prefix`, sorted by key.
     public func list(prefix: String) async throws(CatalogError) -> [KeyValue] {
-        let r: RangeResponse = try await call("/v3/kv/range", ["key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix))])
+        let r: RangeResponse = try await call(
+            "/v3/kv/range", ["key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix))])
         var out: [KeyValue] = []
         for kv in r.kvs ?? [] { out.append(try kv.decoded()) }
         return out
@@ -101,7 +103,8 @@ public struct EtcdClient: Sendable {
     }
 
     public func deletePrefix(_ prefix: String) async throws(CatalogError) {
-        let _: Header = try await call("/v3/kv/deleterange", ["key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix))])
+        let _: Header = try await call(
+            "/v3/kv/deleterange", ["key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix))])
     }
 
     /// Runs `success` if every comparison holds, else `failure`. Returns whether it held.
@@ -117,7 +120,7 @@ public struct EtcdClient: Sendable {
     /// Grants a lease; etcd may round the TTL up to its minimum.
     public func grantLease(ttlSeconds: Int) async throws(CatalogError) -> (id: Int64, ttl: Int) {
         let r: LeaseGrant = try await call("/v3/lease/grant", ["TTL": String(ttlSeconds), "ID": "0"])
-        guard let id = r.ID.flatMap(Int64.init), let ttl = r.TTL.flatMap(Int.init) else {
+        guard let id = r.id.flatMap(Int64.init), let ttl = r.ttl.flatMap(Int.init) else {
             throw .rejected(endpoint: endpoint, status: 200, message: r.error ?? "lease grant without an ID")
         }
         return (id, ttl)
@@ -126,7 +129,7 @@ public struct EtcdClient: Sendable {
     /// Renews a lease once; returns the remaining TTL, 0 when the lease is gone.
     public func keepAlive(lease: Int64) async throws(CatalogError) -> Int {
         let r: KeepAliveResponse = try await call("/v3/lease/keepalive", ["ID": String(lease)])
-        return r.result?.TTL.flatMap(Int.init) ?? 0
+        return r.result?.ttl.flatMap(Int.init) ?? 0
     }
 
     public func revoke(lease: Int64) async throws(CatalogError) {
@@ -196,7 +199,9 @@ public struct EtcdClient: Sendable {
         }
         let raw = Data(bytes.readableBytesView)
         guard status == 200 else {
-            let message = (try? JSONDecoder().decode(GatewayError.self, from: raw))?.message ?? String(decoding: raw, as: UTF8.self)
+            let message =
+                (try? JSONDecoder().decode(GatewayError.self, from: raw))?.message
+                ?? String(decoding: raw, as: UTF8.self)
             throw .rejected(endpoint: endpoint, status: status, message: message)
         }
         do {
@@ -223,30 +228,41 @@ private struct GatewayError: Decodable {
 private struct RangeResponse: Decodable { var kvs: [WireKV]? }
 private struct TxnResponse: Decodable { var succeeded: Bool? }
 private struct LeaseGrant: Decodable {
-    var ID: String?
-    var TTL: String?
+    var id: String?
+    var ttl: String?
     var error: String?
+    enum CodingKeys: String, CodingKey {
+        case id = "ID"
+        case ttl = "TTL"
+        case error
+    }
 }
 private struct KeepAliveResponse: Decodable {
     struct Result: Decodable {
-        var ID: String?
-        var TTL: String?
+        var ttl: String?
+        enum CodingKeys: String, CodingKey { case ttl = "TTL" }
     }
     var result: Result?
 }
 private struct WireKV: Decodable {
     var key: String
     var value: String?
-    var create_revision: String?
-    var mod_revision: String?
+    var createRevision: String?
+    var modRevision: String?
     var lease: String?
+
+    enum CodingKeys: String, CodingKey {
+        case key, value, lease
+        case createRevision = "create_revision"
+        case modRevision = "mod_revision"
+    }
 
     func decoded() throws(CatalogError) -> KeyValue {
         guard let k = Data(base64Encoded: key) else { throw .corrupt(key: key, reason: "key is not base64") }
         let name = String(decoding: k, as: UTF8.self)
         guard let v = Data(base64Encoded: value ?? "") else { throw .corrupt(key: name, reason: "value is not base64") }
         return KeyValue(
-            key: name, value: Array(v), createRevision: create_revision.flatMap(Int64.init) ?? 0,
-            modRevision: mod_revision.flatMap(Int64.init) ?? 0, lease: lease.flatMap(Int64.init) ?? 0)
+            key: name, value: Array(v), createRevision: createRevision.flatMap(Int64.init) ?? 0,
+            modRevision: modRevision.flatMap(Int64.init) ?? 0, lease: lease.flatMap(Int64.init) ?? 0)
     }
 }

@@ -94,7 +94,9 @@ public struct VCDClient: Sendable {
         request.method = method.nio
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")
-            guard let data = try? JSONEncoder().encode(body) else { throw .protocolError("request could not be encoded") }
+            guard let data = try? JSONEncoder().encode(body) else {
+                throw .protocolError("request could not be encoded")
+            }
             request.body = .bytes(ByteBuffer(bytes: data))
         }
         let response: HTTPClientResponse
@@ -124,7 +126,9 @@ public struct VCDClient: Sendable {
         } catch let e as ClientError {
             throw e
         } catch {
-            throw .unreachable(endpoint: endpoint, reason: "the connection broke during the operation: \(Self.reason(error)); it goes on in vcd")
+            throw .unreachable(
+                endpoint: endpoint,
+                reason: "the connection broke during the operation: \(Self.reason(error)); it goes on in vcd")
         }
         guard let final else { throw .protocolError("the operation stream ended without a result") }
         if final.kind == .failed {
@@ -133,7 +137,9 @@ public struct VCDClient: Sendable {
         return final
     }
 
-    private func send(_ method: HTTPMethod, _ path: String, body: [UInt8]?) async throws(ClientError) -> (HTTPClientResponse, [UInt8]) {
+    private func send(_ method: HTTPMethod, _ path: String, body: [UInt8]?) async throws(ClientError) -> (
+        HTTPClientResponse, [UInt8]
+    ) {
         var request = HTTPClientRequest(url: base + path)
         request.method = method
         if let body { request.body = .bytes(ByteBuffer(bytes: body)) }

@@ -23,7 +23,8 @@ struct ClusterManifest: Decodable {
 
     func spec() throws -> ClusterSpec {
         ClusterSpec(
-            name: name, image: image, vms: vms, vcpus: vcpus ?? 1, memoryMiB: try memory.map { try ByteSize.parseMiB($0) } ?? 256,
+            name: name, image: image, vms: vms, vcpus: vcpus ?? 1,
+            memoryMiB: try memory.map { try ByteSize.parseMiB($0) } ?? 256,
             sshKeys: sshKeys ?? [])
     }
 }
@@ -38,7 +39,9 @@ struct Apply: AsyncParsableCommand {
 
     func run() async throws {
         try await CLI.run {
-            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ValidationError("cannot read \(file)") }
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw ValidationError("cannot read \(file)")
+            }
             let manifest: ClusterManifest
             do {
                 manifest = try YAMLDecoder().decode(ClusterManifest.self, from: text)
@@ -54,13 +57,17 @@ struct Apply: AsyncParsableCommand {
             let existing: [VirtualCluster] = try await global.client.get("/v1/clusters")
             if let current = existing.first(where: { $0.name == spec.name }) {
                 let had = current.spec
-                guard had.image == spec.image, had.vms == spec.vms, had.vcpus == spec.vcpus, had.memoryMiB == spec.memoryMiB else {
+                guard had.image == spec.image, had.vms == spec.vms, had.vcpus == spec.vcpus,
+                    had.memoryMiB == spec.memoryMiB
+                else {
                     throw ValidationError(
-                        "cluster \(spec.name) exists with a different shape; changing image, vms, vcpus or memory is not supported yet (destroy and apply again)")
+                        "cluster \(spec.name) exists with a different shape; changing image, vms, vcpus or memory is not supported yet (destroy and apply again)"
+                    )
                 }
                 if current.state.rawValue != desired {
                     let action = desired == "running" ? "resume" : "suspend"
-                    _ = try await ClusterOps.change(spec.name, .post, "/v1/clusters/\(spec.name)/\(action)", global: global)
+                    _ = try await ClusterOps.change(
+                        spec.name, .post, "/v1/clusters/\(spec.name)/\(action)", global: global)
                 }
                 return try await ClusterOps.show(spec.name, global: global)
             }

@@ -8,7 +8,7 @@ struct ClusterCommand: AsyncParsableCommand {
         commandName: "cluster", abstract: "Virtual clusters: sets of VMs with a private network.",
         subcommands: [
             ClusterCreate.self, ClusterList.self, ClusterShow.self, ClusterSuspend.self, ClusterResume.self,
-            ClusterDestroy.self,
+            ClusterDestroy.self, ClusterWait.self,
         ])
 }
 
@@ -37,7 +37,9 @@ struct ClusterCreate: AsyncParsableCommand {
     @Option(help: "Number of VMs (1-240).") var vms: Int
     @Option(help: "vCPUs per VM.") var vcpus: Int = 1
     @Option(help: "Memory per VM, e.g. 256M or 1G.") var memory: MemorySize = MemorySize(argument: "256M")!
-    @Option(name: .customLong("ssh-key"), help: "A public key file to install in the VMs (repeatable).", completion: .file())
+    @Option(
+        name: .customLong("ssh-key"), help: "A public key file to install in the VMs (repeatable).", completion: .file()
+    )
     var sshKeys: [String] = []
 
     func validate() throws {
@@ -56,7 +58,9 @@ struct ClusterCreate: AsyncParsableCommand {
         try await CLI.run {
             var keys: [String] = []
             for file in sshKeys {
-                guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ValidationError("cannot read \(file)") }
+                guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                    throw ValidationError("cannot read \(file)")
+                }
                 keys += text.split(separator: "\n").map { String($0) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
             }
             try await ClusterOps.create(spec(keys: keys), global: global)
@@ -77,14 +81,17 @@ enum ClusterOps {
     }
 
     /// Runs suspend, resume or destroy and reports the outcome.
-    static func change(_ name: String, _ method: VCDClient.Method, _ path: String, global: GlobalOptions) async throws -> OperationEvent {
+    static func change(_ name: String, _ method: VCDClient.Method, _ path: String, global: GlobalOptions) async throws
+        -> OperationEvent
+    {
         let view = ProgressView(quiet: global.output == .json)
         return try await global.client.operation(method, path, body: Optional<String>.none) { view.show($0) }
     }
 }
 
 struct ClusterList: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List virtual clusters.", aliases: ["ls"])
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List virtual clusters.", aliases: ["ls"])
 
     @OptionGroup var global: GlobalOptions
 
@@ -93,7 +100,10 @@ struct ClusterList: AsyncParsableCommand {
             let clusters: [VirtualCluster] = try await global.client.get("/v1/clusters")
             if global.output == .json { return print(Render.json(clusters)) }
             let rows = clusters.map {
-                [$0.name, $0.state.rawValue, $0.spec.image, "\($0.spec.vms)", "\($0.spec.memoryMiB) MiB", $0.network.cidr]
+                [
+                    $0.name, $0.state.rawValue, $0.spec.image, "\($0.spec.vms)", "\($0.spec.memoryMiB) MiB",
+                    $0.network.cidr,
+                ]
             }
             print(Render.table(["NAME", "STATE", "IMAGE", "VMS", "MEMORY/VM", "NETWORK"], rows))
         }
@@ -101,7 +111,8 @@ struct ClusterList: AsyncParsableCommand {
 }
 
 struct ClusterShow: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a virtual cluster and its VMs.")
+    static let configuration = CommandConfiguration(
+        commandName: "show", abstract: "Show a virtual cluster and its VMs.")
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Cluster name.") var name: String
@@ -146,7 +157,8 @@ struct ClusterResume: AsyncParsableCommand {
 
 struct ClusterDestroy: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "destroy", abstract: "Stop and remove a cluster: VMs, disks, exports, network and catalog entries.",
+        commandName: "destroy",
+        abstract: "Stop and remove a cluster: VMs, disks, exports, network and catalog entries.",
         aliases: ["rm"])
 
     @OptionGroup var global: GlobalOptions
@@ -157,6 +169,51 @@ struct ClusterDestroy: AsyncParsableCommand {
             let final = try await ClusterOps.change(name, .delete, "/v1/clusters/\(name)", global: global)
             if global.output == .json { return print(Render.json(["destroyed": name])) }
             print(final.message ?? "destroyed \(name)")
+        }
+    }
+}
+
+struct ClusterWait: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wait", abstract: "Wait until every VM of a cluster printed a text on its serial console.",
+        discussion: "For scripts: e.g. vc cluster wait demo --console PEERLESS-TINY-BOOTED --timeout 300")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Cluster name.") var name: String
+    @Option(help: "Text each VM's console must show.") var console: String
+    @Option(help: "Seconds to wait at most.") var timeout: Int = 600
+
+    func validate() throws {
+        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        guard !console.isEmpty else { throw ValidationError("--console must not be empty") }
+    }
+
+    func run() async throws {
+        try await CLI.run {
+            let status: ClusterStatus = try await global.client.get("/v1/clusters/\(name)")
+            var waiting = status.vms.map(\.name)
+            var seen: [String: String] = [:]
+            let deadline = ContinuousClock.now + .seconds(timeout)
+            while !waiting.isEmpty {
+                for vm in waiting {
+                    let (bytes, _) = try await global.client.raw(
+                        "/v1/vms/\(vm)/console?offset=0", header: "X-Console-Offset")
+                    let text = String(decoding: bytes, as: UTF8.self)
+                    if let line = text.split(separator: "\n").first(where: { $0.contains(console) }) {
+                        seen[vm] = String(line).trimmingCharacters(in: .whitespacesAndNewlines)
+                        if global.output == .table { print("\(vm): \(seen[vm]!)") }
+                    }
+                }
+                waiting.removeAll { seen[$0] != nil }
+                if waiting.isEmpty { break }
+                guard ContinuousClock.now < deadline else {
+                    CLI.fail(
+                        "timed out after \(timeout) s: \(waiting.joined(separator: ", ")) did not print '\(console)'; see 'vc vm console \(waiting[0])'",
+                        code: 1)
+                }
+                try await Task.sleep(for: .seconds(1))
+            }
+            if global.output == .json { print(Render.json(seen)) }
         }
     }
 }

@@ -11,7 +11,8 @@ struct ImageCommand: AsyncParsableCommand {
 struct ImageImport: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import", abstract: "Import a raw or qcow2 disk image into the storage pool.",
-        discussion: "The file must be readable on the node whose vcd you talk to. It is written into the pool through iSCSI.")
+        discussion:
+            "The file must be readable on the node whose vcd you talk to. It is written into the pool through iSCSI.")
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Name for the image (lowercase letters, digits, '-').") var name: String
@@ -28,7 +29,9 @@ struct ImageImport: AsyncParsableCommand {
                 throw ValidationError("cannot read \(file)")
             }
             let view = ProgressView(quiet: global.output == .json)
-            let final = try await global.client.operation(.post, "/v1/images", body: ImportImageRequest(name: name, path: path)) {
+            let final = try await global.client.operation(
+                .post, "/v1/images", body: ImportImageRequest(name: name, path: path)
+            ) {
                 view.show($0)
             }
             guard let image = final.image else { return }
@@ -42,7 +45,8 @@ struct ImageImport: AsyncParsableCommand {
 }
 
 struct ImageList: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List golden images.", aliases: ["ls"])
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List golden images.", aliases: ["ls"])
 
     @OptionGroup var global: GlobalOptions
 
@@ -50,7 +54,12 @@ struct ImageList: AsyncParsableCommand {
         try await CLI.run {
             let images: [GoldenImage] = try await global.client.get("/v1/images")
             if global.output == .json { return print(Render.json(images)) }
-            let rows = images.map { [$0.name, $0.state.rawValue, ByteSize.describe(bytes: $0.sizeBytes), $0.sourceFormat, Render.date($0.importedAt)] }
+            let rows = images.map {
+                [
+                    $0.name, $0.state.rawValue, ByteSize.describe(bytes: $0.sizeBytes), $0.sourceFormat,
+                    Render.date($0.importedAt),
+                ]
+            }
             print(Render.table(["NAME", "STATE", "SIZE", "FROM", "IMPORTED"], rows))
         }
     }

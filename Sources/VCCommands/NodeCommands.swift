@@ -8,7 +8,8 @@ struct NodeCommand: AsyncParsableCommand {
 }
 
 struct NodeList: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List nodes whose lease is alive.", aliases: ["ls"])
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List nodes whose lease is alive.", aliases: ["ls"])
 
     @OptionGroup var global: GlobalOptions
 
@@ -17,7 +18,10 @@ struct NodeList: AsyncParsableCommand {
             let nodes: [NodeRecord] = try await global.client.get("/v1/nodes")
             if global.output == .json { return print(Render.json(nodes)) }
             let rows = nodes.map {
-                [$0.name, "\($0.capacity.cpus)", "\($0.capacity.memoryMiB) MiB", $0.accelerator.kind.rawValue, $0.api, $0.initiator]
+                [
+                    $0.name, "\($0.capacity.cpus)", "\($0.capacity.memoryMiB) MiB", $0.accelerator.kind.rawValue,
+                    $0.api, $0.initiator,
+                ]
             }
             print(Render.table(["NAME", "CPUS", "MEMORY", "ACCEL", "API", "INITIATOR"], rows))
         }
@@ -43,7 +47,10 @@ public struct NodeStatusCommand: AsyncParsableCommand {
                     ("Node", r.name),
                     ("Initiator", r.initiator),
                     ("Accelerator", "\(r.accelerator.kind.rawValue) (\(r.accelerator.reason))"),
-                    ("Capacity", "\(r.capacity.cpus) CPUs, \(r.capacity.memoryMiB) MiB; \(s.committedMemoryMiB) MiB committed"),
+                    (
+                        "Capacity",
+                        "\(r.capacity.cpus) CPUs, \(r.capacity.memoryMiB) MiB; \(s.committedMemoryMiB) MiB committed"
+                    ),
                     (
                         "Pool",
                         "\(s.pool.path) (\(s.pool.filesystem), \(s.pool.backing)), \(ByteSize.describe(bytes: s.pool.freeBytes)) free of \(ByteSize.describe(bytes: s.pool.sizeBytes))"
@@ -52,7 +59,10 @@ public struct NodeStatusCommand: AsyncParsableCommand {
                     ("vcd", "\(r.version), up since \(Render.date(r.startedAt))"),
                 ]))
             print()
-            print(Render.table(["DAEMON", "HEALTH", "DETAIL"], s.daemons.map { [$0.name, $0.healthy ? "ok" : "FAILED", $0.detail] }))
+            print(
+                Render.table(
+                    ["DAEMON", "HEALTH", "DETAIL"],
+                    s.daemons.map { [$0.name, $0.healthy ? "ok" : "FAILED", $0.detail] }))
             if s.daemons.contains(where: { !$0.healthy }) { throw ExitCode(5) }
         }
     }

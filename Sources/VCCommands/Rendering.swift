@@ -23,7 +23,8 @@ enum Render {
 
     static func fields(_ pairs: [(String, String)]) -> String {
         let width = pairs.map(\.0.count).max() ?? 0
-        return pairs.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(separator: "\n")
+        return pairs.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(
+            separator: "\n")
     }
 
     static func date(_ d: Date) -> String {
@@ -39,7 +40,10 @@ enum Render {
             ("State", c.state.rawValue),
             ("Image", c.spec.image),
             ("VMs", "\(c.spec.vms) x \(c.spec.vcpus) vCPU, \(c.spec.memoryMiB) MiB"),
-            ("Network", "\(c.network.cidr) on \(c.network.bridge), gateway \(c.network.gateway), domain \(c.network.domain)"),
+            (
+                "Network",
+                "\(c.network.cidr) on \(c.network.bridge), gateway \(c.network.gateway), domain \(c.network.domain)"
+            ),
             ("Created", date(c.createdAt)),
         ]
         if let op = status.operation {
@@ -71,7 +75,8 @@ final class ProgressView {
                 let width = 30
                 let filled = width * percent / 100
                 let bar = String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled)
-                let text = "\r[\(bar)] \(percent)% \(ByteSize.describe(bytes: done)) of \(ByteSize.describe(bytes: total))"
+                let text =
+                    "\r[\(bar)] \(percent)% \(ByteSize.describe(bytes: done)) of \(ByteSize.describe(bytes: total))"
                 write(text)
                 barShown = true
             } else if percent / 10 != lastPercent / 10 {

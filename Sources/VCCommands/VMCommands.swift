@@ -19,7 +19,8 @@ struct VMConsole: AsyncParsableCommand {
         try await CLI.run {
             var offset: UInt64 = 0
             repeat {
-                let (bytes, next) = try await global.client.raw("/v1/vms/\(name)/console?offset=\(offset)", header: "X-Console-Offset")
+                let (bytes, next) = try await global.client.raw(
+                    "/v1/vms/\(name)/console?offset=\(offset)", header: "X-Console-Offset")
                 if !bytes.isEmpty { FileHandle.standardOutput.write(Data(bytes)) }
                 offset = next.flatMap(UInt64.init) ?? offset + UInt64(bytes.count)
                 if follow { try await Task.sleep(for: .milliseconds(500)) }

@@ -89,8 +89,10 @@ struct APIRoutes: Sendable {
 
     func record() -> NodeRecord {
         NodeRecord(
-            name: node.name, initiator: node.initiator, api: "http://\(node.configuration.api.host):\(node.configuration.api.port)",
-            capacity: node.capacity, accelerator: node.accelerator, version: Version.current, startedAt: Version.started)
+            name: node.name, initiator: node.initiator,
+            api: "http://\(node.configuration.api.host):\(node.configuration.api.port)",
+            capacity: node.capacity, accelerator: node.accelerator, version: Version.current, startedAt: Version.started
+        )
     }
 
     private func probe(_ name: String, _ check: @Sendable () async throws -> String) async -> DaemonHealth {
@@ -110,7 +112,9 @@ struct APIRoutes: Sendable {
         return e
     }()
 
-    private func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws -> T {
+    private func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws
+        -> T
+    {
         let buffer = try await request.body.collect(upTo: 1 << 20)
         do {
             return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
@@ -124,7 +128,9 @@ struct APIRoutes: Sendable {
             let value = try await body()
             var headers = HTTPFields()
             headers[.contentType] = "application/json"
-            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: try Self.encoder.encode(value))))
+            return Response(
+                status: .ok, headers: headers,
+                body: .init(byteBuffer: ByteBuffer(bytes: try Self.encoder.encode(value))))
         } catch {
             return failure(DaemonError.from(error))
         }
@@ -155,7 +161,8 @@ struct APIRoutes: Sendable {
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
         let body = (try? Self.encoder.encode(error.apiError)) ?? Data()
-        return Response(status: .init(code: error.httpStatus), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+        return Response(
+            status: .init(code: error.httpStatus), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 }
 

@@ -22,7 +22,8 @@ struct AcceleratorProbe {
         }
         guard access("/dev/kvm", R_OK | W_OK) == 0 else { return Accelerator(kind: .tcg, reason: "no usable /dev/kvm") }
         guard access(configuration.probeKernel, R_OK) == 0, access(configuration.probeInitrd, R_OK) == 0 else {
-            return Accelerator(kind: .tcg, reason: "no probe kernel at \(configuration.probeKernel) (make images installs it)")
+            return Accelerator(
+                kind: .tcg, reason: "no probe kernel at \(configuration.probeKernel) (make images installs it)")
         }
         let key = cacheKey()
         if let cached = readCache(), cached.key == key { return cached.accelerator }
@@ -43,7 +44,9 @@ struct AcceleratorProbe {
             if out.stdout.contains(Self.marker) { return Accelerator(kind: .kvm, reason: "KVM probe booted a guest") }
             return Accelerator(kind: .tcg, reason: "KVM probe guest did not print its marker")
         } catch {
-            if error.status == nil { return Accelerator(kind: .tcg, reason: "KVM probe did not finish in \(limit) s (nested KVM?)") }
+            if error.status == nil {
+                return Accelerator(kind: .tcg, reason: "KVM probe did not finish in \(limit) s (nested KVM?)")
+            }
             return Accelerator(kind: .tcg, reason: "KVM probe failed: \(error.reason)")
         }
     }

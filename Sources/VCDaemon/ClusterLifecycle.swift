@@ -22,16 +22,21 @@ public struct ClusterLifecycle: Sendable {
             try spec.validate()
             guard let image = try await catalog.image(spec.image)?.value, image.state == .ready else {
                 let known = try await catalog.images().filter { $0.state == .ready }.map(\.name)
-                let hint = known.isEmpty ? "import one with 'vc image import NAME FILE'" : "known images: \(known.joined(separator: ", "))"
+                let hint =
+                    known.isEmpty
+                    ? "import one with 'vc image import NAME FILE'" : "known images: \(known.joined(separator: ", "))"
                 throw DaemonError.notFound("no image named '\(spec.image)'; \(hint)")
             }
-            if try await catalog.cluster(spec.name) != nil { throw CatalogError.alreadyExists(kind: "cluster", name: spec.name) }
+            if try await catalog.cluster(spec.name) != nil {
+                throw CatalogError.alreadyExists(kind: "cluster", name: spec.name)
+            }
             try node.capacity.admit(spec, committedMiB: try await node.committedMemoryMiB())
             try await refuseForeignDomains(spec)
 
             let (cluster, operation) = try await claim(spec)
             let (stream, events) = AsyncStream<OperationEvent>.makeStream()
-            events.yield(.step("planned \(cluster.vms.count) VMs on \(cluster.network.cidr) (\(cluster.network.bridge))"))
+            events.yield(
+                .step("planned \(cluster.vms.count) VMs on \(cluster.network.cidr) (\(cluster.network.bridge))"))
             Task { await runCreate(cluster, image: image, operation: operation, events: events) }
             return stream
         } catch {
@@ -45,10 +50,14 @@ public struct ClusterLifecycle: Sendable {
         var tried = Set<Int>()
         for _ in 0..<8 {
             let used = try await catalog.usedSubnets().union(tried)
-            guard let subnet = AddressPlan.firstFree(used: used) else { throw ModelError.noFreeSubnet(limit: AddressPlan.subnets.count) }
+            guard let subnet = AddressPlan.firstFree(used: used) else {
+                throw ModelError.noFreeSubnet(limit: AddressPlan.subnets.count)
+            }
             let now = node.now()
-            let cluster = ClusterLayout.make(spec: spec, subnet: subnet, node: node.name, addresses: node.addresses, now: now)
-            let operation = ClusterOperation(id: UUID().uuidString, kind: .create, cluster: spec.name, node: node.name, startedAt: now)
+            let cluster = ClusterLayout.make(
+                spec: spec, subnet: subnet, node: node.name, addresses: node.addresses, now: now)
+            let operation = ClusterOperation(
+                id: UUID().uuidString, kind: .create, cluster: spec.name, node: node.name, startedAt: now)
             do {
                 try await catalog.beginCreate(cluster, operation: operation)
                 return (cluster, operation)
@@ -71,7 +80,10 @@ public struct ClusterLifecycle: Sendable {
         }
     }
 
-    private func runCreate(_ cluster: VirtualCluster, image: GoldenImage, operation: ClusterOperation, events: AsyncStream<OperationEvent>.Continuation) async {
+    private func runCreate(
+        _ cluster: VirtualCluster, image: GoldenImage, operation: ClusterOperation,
+        events: AsyncStream<OperationEvent>.Continuation
+    ) async {
         var logger = node.logger
         logger[metadataKey: "cluster"] = "\(cluster.name)"
         let started = ContinuousClock.now
@@ -79,7 +91,9 @@ public struct ClusterLifecycle: Sendable {
         var execution = PlanExecution(runner: runner, events: events)
         if let failAfter = node.configuration.testing.failCreateAfterVMs {
             execution.machineCompleted = { done in
-                if done >= failAfter { throw DaemonError.failed("injected failure after \(done) VMs (testing.failCreateAfterVMs)") }
+                if done >= failAfter {
+                    throw DaemonError.failed("injected failure after \(done) VMs (testing.failCreateAfterVMs)")
+                }
             }
         }
         do {
@@ -88,21 +102,26 @@ public struct ClusterLifecycle: Sendable {
             done.state = .running
             done.updatedAt = node.now()
             try await catalog.finish(operation, cluster: done)
-            logger.info("created", metadata: ["vms": "\(cluster.vms.count)", "seconds": "\(ContinuousClock.now - started)"])
+            logger.info(
+                "created", metadata: ["vms": "\(cluster.vms.count)", "seconds": "\(ContinuousClock.now - started)"])
             events.yield(OperationEvent(kind: .done, message: "cluster \(cluster.name) is running", cluster: done))
         } catch {
             let reason = DaemonError.from(error)
             logger.error("create failed; rolling back", metadata: ["error": "\(reason)"])
             events.yield(.step("create failed: \(reason); rolling back"))
             await rollBack(cluster, operation: operation, reason: reason, events: events)
-            events.yield(OperationEvent(kind: .failed, error: APIError(code: reason.code, message: "\(reason) (rolled back)")))
+            events.yield(
+                OperationEvent(kind: .failed, error: APIError(code: reason.code, message: "\(reason) (rolled back)")))
         }
         events.finish()
     }
 
     /// Undoes everything a create may have made and forgets the cluster. If something
     /// could not be undone the cluster stays, marked failed, for `destroy` to retry.
-    func rollBack(_ cluster: VirtualCluster, operation: ClusterOperation, reason: DaemonError, events: AsyncStream<OperationEvent>.Continuation) async {
+    func rollBack(
+        _ cluster: VirtualCluster, operation: ClusterOperation, reason: DaemonError,
+        events: AsyncStream<OperationEvent>.Continuation
+    ) async {
         let execution = PlanExecution(runner: StepRunner(node: node, cluster: cluster, image: nil), events: events)
         let problems = await execution.undo(ClusterPlan.teardown(cluster))
         do {
@@ -111,19 +130,24 @@ public struct ClusterLifecycle: Sendable {
             } else {
                 var failed = cluster
                 failed.state = .failed
-                failed.message = "create failed (\(reason)) and rollback left: \(problems.joined(separator: "; ")); run 'vc cluster destroy \(cluster.name)'"
+                failed.message =
+                    "create failed (\(reason)) and rollback left: \(problems.joined(separator: "; ")); run 'vc cluster destroy \(cluster.name)'"
                 failed.updatedAt = node.now()
                 try await catalog.finish(operation, cluster: failed)
             }
         } catch {
-            node.logger.error("could not record rollback", metadata: ["cluster": "\(cluster.name)", "error": "\(error)"])
+            node.logger.error(
+                "could not record rollback", metadata: ["cluster": "\(cluster.name)", "error": "\(error)"])
         }
     }
 
     // MARK: - suspend, resume, destroy
 
     public func suspend(_ name: String) async throws(DaemonError) -> AsyncStream<OperationEvent> {
-        try await transition(name, kind: .suspend, allowedFrom: [.running, .failed], already: .suspended, during: .suspending, to: .suspended) {
+        try await transition(
+            name, kind: .suspend, allowedFrom: [.running, .failed], already: .suspended, during: .suspending,
+            to: .suspended
+        ) {
             ClusterPlan.suspend($0)
         }
     }
@@ -136,7 +160,9 @@ public struct ClusterLifecycle: Sendable {
         } catch {
             throw DaemonError.from(error)
         }
-        return try await transition(name, kind: .resume, allowedFrom: [.suspended, .failed], already: .running, during: .resuming, to: .running) {
+        return try await transition(
+            name, kind: .resume, allowedFrom: [.suspended, .failed], already: .running, during: .resuming, to: .running
+        ) {
             ClusterPlan.resume($0)
         }
     }
@@ -146,8 +172,11 @@ public struct ClusterLifecycle: Sendable {
         let operation: ClusterOperation
         do {
             try NameRule.checkCluster(name)
-            guard let found = try await catalog.cluster(name) else { throw CatalogError.notFound(kind: "cluster", name: name) }
-            operation = ClusterOperation(id: UUID().uuidString, kind: .destroy, cluster: name, node: node.name, startedAt: node.now())
+            guard let found = try await catalog.cluster(name) else {
+                throw CatalogError.notFound(kind: "cluster", name: name)
+            }
+            operation = ClusterOperation(
+                id: UUID().uuidString, kind: .destroy, cluster: name, node: node.name, startedAt: node.now())
             cluster = try await catalog.begin(operation, on: found, state: .destroying, now: node.now())
         } catch {
             throw DaemonError.from(error)
@@ -160,7 +189,9 @@ public struct ClusterLifecycle: Sendable {
         return stream
     }
 
-    func runDestroy(_ cluster: VirtualCluster, operation: ClusterOperation, events: AsyncStream<OperationEvent>.Continuation) async {
+    func runDestroy(
+        _ cluster: VirtualCluster, operation: ClusterOperation, events: AsyncStream<OperationEvent>.Continuation
+    ) async {
         let execution = PlanExecution(runner: StepRunner(node: node, cluster: cluster, image: nil), events: events)
         let problems = await execution.undo(ClusterPlan.teardown(cluster))
         do {
@@ -191,28 +222,38 @@ public struct ClusterLifecycle: Sendable {
         let operation: ClusterOperation
         do {
             try NameRule.checkCluster(name)
-            guard let found = try await catalog.cluster(name) else { throw CatalogError.notFound(kind: "cluster", name: name) }
+            guard let found = try await catalog.cluster(name) else {
+                throw CatalogError.notFound(kind: "cluster", name: name)
+            }
             if found.value.state == already, try await catalog.operation(name) == nil {
-                events.yield(OperationEvent(kind: .done, message: "cluster \(name) is already \(already.rawValue)", cluster: found.value))
+                events.yield(
+                    OperationEvent(
+                        kind: .done, message: "cluster \(name) is already \(already.rawValue)", cluster: found.value))
                 events.finish()
                 return stream
             }
             guard allowedFrom.contains(found.value.state) else {
-                throw DaemonError.conflict("cluster '\(name)' is \(found.value.state.rawValue); it cannot \(kind.rawValue) from there")
+                throw DaemonError.conflict(
+                    "cluster '\(name)' is \(found.value.state.rawValue); it cannot \(kind.rawValue) from there")
             }
-            operation = ClusterOperation(id: UUID().uuidString, kind: kind, cluster: name, node: node.name, startedAt: node.now())
+            operation = ClusterOperation(
+                id: UUID().uuidString, kind: kind, cluster: name, node: node.name, startedAt: node.now())
             cluster = try await catalog.begin(operation, on: found, state: during, now: node.now())
         } catch {
             throw DaemonError.from(error)
         }
         Task {
-            await runTransition(cluster.value, operation: operation, plan: plan(cluster.value), to: target, events: events)
+            await runTransition(
+                cluster.value, operation: operation, plan: plan(cluster.value), to: target, events: events)
             events.finish()
         }
         return stream
     }
 
-    func runTransition(_ cluster: VirtualCluster, operation: ClusterOperation, plan: ClusterPlan, to target: ClusterState, events: AsyncStream<OperationEvent>.Continuation) async {
+    func runTransition(
+        _ cluster: VirtualCluster, operation: ClusterOperation, plan: ClusterPlan, to target: ClusterState,
+        events: AsyncStream<OperationEvent>.Continuation
+    ) async {
         let started = ContinuousClock.now
         let execution = PlanExecution(runner: StepRunner(node: node, cluster: cluster, image: nil), events: events)
         var outcome = cluster
@@ -221,8 +262,11 @@ public struct ClusterLifecycle: Sendable {
             try await execution.perform(plan)
             outcome.state = target
             try await catalog.finish(operation, cluster: outcome)
-            node.logger.info("\(operation.kind.rawValue)d", metadata: ["cluster": "\(cluster.name)", "seconds": "\(ContinuousClock.now - started)"])
-            events.yield(OperationEvent(kind: .done, message: "cluster \(cluster.name) is \(target.rawValue)", cluster: outcome))
+            node.logger.info(
+                "\(operation.kind.rawValue)d",
+                metadata: ["cluster": "\(cluster.name)", "seconds": "\(ContinuousClock.now - started)"])
+            events.yield(
+                OperationEvent(kind: .done, message: "cluster \(cluster.name) is \(target.rawValue)", cluster: outcome))
         } catch {
             let reason = DaemonError.from(error)
             outcome.state = .failed
@@ -245,7 +289,9 @@ public struct ClusterLifecycle: Sendable {
     public func status(_ name: String) async throws(DaemonError) -> ClusterStatus {
         do {
             try NameRule.checkCluster(name)
-            guard let cluster = try await catalog.cluster(name)?.value else { throw CatalogError.notFound(kind: "cluster", name: name) }
+            guard let cluster = try await catalog.cluster(name)?.value else {
+                throw CatalogError.notFound(kind: "cluster", name: name)
+            }
             let operation = try await catalog.operation(name)
             let states = try await node.hypervisor.run { conn in
                 try cluster.vms.map { vm -> String in
@@ -256,7 +302,8 @@ public struct ClusterLifecycle: Sendable {
             let vms = zip(cluster.vms, states).map { vm, state in
                 let saved = node.pool.exists(vm.saveFile)
                 return VMStatus(
-                    name: vm.name, ip: vm.ip, mac: vm.mac, node: vm.node, domain: saved && state == "shutoff" ? "saved" : state,
+                    name: vm.name, ip: vm.ip, mac: vm.mac, node: vm.node,
+                    domain: saved && state == "shutoff" ? "saved" : state,
                     disk: vm.diskIQN)
             }
             return ClusterStatus(cluster: cluster, vms: vms, operation: operation)

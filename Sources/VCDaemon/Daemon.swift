@@ -18,17 +18,20 @@ public enum Daemon {
         let lifecycle = ClusterLifecycle(node: node)
         let images = ImageLibrary(node: node)
         let routes = APIRoutes(node: node, lifecycle: lifecycle, images: images)
-        let readiness = Readiness(status: "serving on \(configuration.api.host):\(configuration.api.port), \(node.accelerator.kind.rawValue)")
+        let readiness = Readiness(
+            status: "serving on \(configuration.api.host):\(configuration.api.port), \(node.accelerator.kind.rawValue)")
 
         let tcp = Application(
             router: routes.router(),
-            configuration: .init(address: .hostname(configuration.api.host, port: configuration.api.port), serverName: "vcd"),
+            configuration: .init(
+                address: .hostname(configuration.api.host, port: configuration.api.port), serverName: "vcd"),
             onServerRunning: { _ in await readiness.listenerBound() }, logger: logger)
         let socketPath = configuration.api.socket
         try makeDirectory(String(socketPath[..<(socketPath.lastIndex(of: "/") ?? socketPath.startIndex)]))
         unlink(socketPath)
         let local = Application(
-            router: routes.router(), configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "vcd"),
+            router: routes.router(),
+            configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "vcd"),
             logger: logger)
 
         let group = ServiceGroup(
@@ -59,36 +62,46 @@ public enum Daemon {
         do {
             try NameRule.checkNode(configuration.node)
             let addresses = try AddressPlan(prefix: configuration.network.prefix)
-            let catalog = Catalog(etcd: EtcdClient(endpoint: configuration.etcd.endpoint), prefix: configuration.etcd.prefix)
+            let catalog = Catalog(
+                etcd: EtcdClient(endpoint: configuration.etcd.endpoint), prefix: configuration.etcd.prefix)
             _ = try await catalog.nodes()
 
             let hypervisor = Hypervisor(uri: configuration.libvirtURI)
             let info = try await hypervisor.run { try $0.nodeInfo() }
             let exporter = TargetExporter(
-                chap: configuration.iscsi.chapUser.flatMap { u in configuration.iscsi.chapPassword.map { (u, $0) } }, logger: logger)
+                chap: configuration.iscsi.chapUser.flatMap { u in configuration.iscsi.chapPassword.map { (u, $0) } },
+                controlPort: configuration.iscsi.tgtControlPort, logger: logger)
             _ = try await exporter.targets()
 
             let pool = StoragePool(configuration: configuration.pool, logger: logger)
             let poolStatus = try await pool.prepare()
             logger.info(
                 "pool ready",
-                metadata: ["path": "\(poolStatus.path)", "filesystem": "\(poolStatus.filesystem)", "backing": "\(poolStatus.backing)"])
+                metadata: [
+                    "path": "\(poolStatus.path)", "filesystem": "\(poolStatus.filesystem)",
+                    "backing": "\(poolStatus.backing)",
+                ])
 
             try makeDirectory(configuration.stateDirectory)
             let accelerator = await AcceleratorProbe(
                 configuration: configuration.accelerator, cacheFile: "\(configuration.stateDirectory)/accelerator.json",
                 logger: logger
             ).decide()
-            logger.info("accelerator", metadata: ["kind": "\(accelerator.kind.rawValue)", "reason": "\(accelerator.reason)"])
+            logger.info(
+                "accelerator", metadata: ["kind": "\(accelerator.kind.rawValue)", "reason": "\(accelerator.reason)"])
 
             if let user = configuration.iscsi.chapUser, let password = configuration.iscsi.chapPassword {
                 _ = user
-                try await hypervisor.run { try $0.defineISCSISecret(usage: PeerNode.chapSecretUsage, value: Array(password.utf8)) }
+                try await hypervisor.run {
+                    try $0.defineISCSISecret(usage: PeerNode.chapSecretUsage, value: Array(password.utf8))
+                }
             }
-            let capacity = NodeCapacity(node: configuration.node, cpus: info.cpus, memoryMiB: Int(info.memoryKiB / 1024))
+            let capacity = NodeCapacity(
+                node: configuration.node, cpus: info.cpus, memoryMiB: Int(info.memoryKiB / 1024))
             return PeerNode(
                 configuration: configuration, logger: logger, catalog: catalog, hypervisor: hypervisor,
-                iscsi: ISCSIClient(initiator: Naming.initiatorIQN(node: configuration.node)), exporter: exporter, pool: pool,
+                iscsi: ISCSIClient(initiator: Naming.initiatorIQN(node: configuration.node)), exporter: exporter,
+                pool: pool,
                 addresses: addresses, accelerator: accelerator, capacity: capacity)
         } catch {
             throw DaemonError.from(error)

@@ -45,6 +45,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public struct ISCSIConfiguration: Codable, Sendable, Equatable {
         /// The portal of this node's tgtd, as QEMU and libiscsi reach it.
         public var portal: String = "127.0.0.1:3260"
+        /// tgtd's management port (`tgtadm --control-port`); 0 for the default.
+        public var tgtControlPort: Int = 0
         /// CHAP on every VM disk when both are set.
         public var chapUser: String?
         public var chapPassword: String?
@@ -108,7 +110,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
 
     /// Optional settings are absent from the encoded defaults, so they are listed here.
     private static func isOptionalSetting(_ path: String) -> Bool {
-        ["iscsi.chapUser", "iscsi.chapPassword", "testing.failCreateAfterVMs", "testing.stepDelayMilliseconds"].contains(path)
+        ["iscsi.chapUser", "iscsi.chapPassword", "testing.failCreateAfterVMs", "testing.stepDelayMilliseconds"]
+            .contains(path)
     }
 
     static func defaultNodeName() -> String {

@@ -29,14 +29,20 @@ public struct ImageLibrary: Sendable {
         let facts: ImageFacts
         do {
             try NameRule.checkImage(request.name)
-            guard request.path.hasPrefix("/") else { throw DaemonError.invalid("image path '\(request.path)' must be absolute") }
-            if try await node.catalog.image(request.name) != nil { throw CatalogError.alreadyExists(kind: "image", name: request.name) }
+            guard request.path.hasPrefix("/") else {
+                throw DaemonError.invalid("image path '\(request.path)' must be absolute")
+            }
+            if try await node.catalog.image(request.name) != nil {
+                throw CatalogError.alreadyExists(kind: "image", name: request.name)
+            }
             facts = try await ImageInspector.inspect(request.path)
             // LUNs are whole 512-byte blocks.
             let size = (facts.virtualSize + 511) / 512 * 512
             let free = try node.pool.status().freeBytes
             guard size < free else {
-                throw DaemonError.invalid("image needs \(ByteSize.describe(bytes: size)) but the pool has \(ByteSize.describe(bytes: free)) free")
+                throw DaemonError.invalid(
+                    "image needs \(ByteSize.describe(bytes: size)) but the pool has \(ByteSize.describe(bytes: free)) free"
+                )
             }
             image = GoldenImage(
                 name: request.name, state: .importing, sourceFormat: facts.format, sizeBytes: size,
@@ -53,7 +59,9 @@ public struct ImageLibrary: Sendable {
         return stream
     }
 
-    private func run(_ image: GoldenImage, source: String, facts: ImageFacts, events: AsyncStream<OperationEvent>.Continuation) async {
+    private func run(
+        _ image: GoldenImage, source: String, facts: ImageFacts, events: AsyncStream<OperationEvent>.Continuation
+    ) async {
         let iqn = Naming.importIQN(image: image.name)
         let started = ContinuousClock.now
         do {
@@ -65,23 +73,31 @@ public struct ImageLibrary: Sendable {
             default: try await copyRaw(source, iqn: iqn, length: facts.virtualSize, events: events)
             }
             try await node.exporter.unexport(iqn: iqn)
-            guard var current = try await node.catalog.image(image.name) else { throw CatalogError.notFound(kind: "image", name: image.name) }
+            guard var current = try await node.catalog.image(image.name) else {
+                throw CatalogError.notFound(kind: "image", name: image.name)
+            }
             current.value.state = .ready
             current.value.importedAt = node.now()
             try await node.catalog.update(current)
             let seconds = (ContinuousClock.now - started).components
             node.logger.info(
-                "imported", metadata: ["image": "\(image.name)", "bytes": "\(image.sizeBytes)", "seconds": "\(seconds.seconds)"])
+                "imported",
+                metadata: ["image": "\(image.name)", "bytes": "\(image.sizeBytes)", "seconds": "\(seconds.seconds)"])
             events.yield(OperationEvent(kind: .done, message: "image \(image.name) is ready", image: current.value))
         } catch {
             let reason = DaemonError.from(error)
             node.logger.error("import failed", metadata: ["image": "\(image.name)", "error": "\(reason)"])
             await discard(image)
-            events.yield(OperationEvent(kind: .failed, error: APIError(code: reason.code, message: "import of \(image.name) failed: \(reason)")))
+            events.yield(
+                OperationEvent(
+                    kind: .failed,
+                    error: APIError(code: reason.code, message: "import of \(image.name) failed: \(reason)")))
         }
     }
 
-    private func copyRaw(_ source: String, iqn: String, length: UInt64, events: AsyncStream<OperationEvent>.Continuation) async throws {
+    private func copyRaw(
+        _ source: String, iqn: String, length: UInt64, events: AsyncStream<OperationEvent>.Continuation
+    ) async throws {
         let fd = open(source, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw StorageError.unreadable(path: source, reason: String(cString: strerror(errno))) }
         defer { close(fd) }
@@ -102,13 +118,16 @@ public struct ImageLibrary: Sendable {
     }
 
     /// qcow2 needs decoding; QEMU's own libiscsi driver writes it into the target.
-    private func convertQcow2(_ source: String, iqn: String, total: UInt64, events: AsyncStream<OperationEvent>.Continuation) async throws {
+    private func convertQcow2(
+        _ source: String, iqn: String, total: UInt64, events: AsyncStream<OperationEvent>.Continuation
+    ) async throws {
         let parts = node.configuration.iscsi.portal
         let target =
             "driver=iscsi,transport=tcp,portal=\(parts),target=\(iqn),lun=1,initiator-name=\(node.initiator)"
             + (node.chap.map { ",user=\($0.user),password-secret=" } ?? "")
         guard node.chap == nil else {
-            throw DaemonError.invalid("qcow2 import with CHAP is not supported yet; convert to raw first (qemu-img convert -O raw)")
+            throw DaemonError.invalid(
+                "qcow2 import with CHAP is not supported yet; convert to raw first (qemu-img convert -O raw)")
         }
         try await HostCommand.run(
             "qemu-img", ["convert", "-n", "-f", "qcow2", "--target-image-opts", source, target],
@@ -126,10 +145,13 @@ public struct ImageLibrary: Sendable {
     public func delete(_ name: String) async throws(DaemonError) {
         do {
             try NameRule.checkImage(name)
-            guard let image = try await node.catalog.image(name)?.value else { throw CatalogError.notFound(kind: "image", name: name) }
+            guard let image = try await node.catalog.image(name)?.value else {
+                throw CatalogError.notFound(kind: "image", name: name)
+            }
             let users = try await node.catalog.clusters().map(\.value).filter { $0.spec.image == name }.map(\.name)
             guard users.isEmpty else {
-                throw DaemonError.conflict("image '\(name)' is used by cluster(s) \(users.joined(separator: ", ")); destroy them first")
+                throw DaemonError.conflict(
+                    "image '\(name)' is used by cluster(s) \(users.joined(separator: ", ")); destroy them first")
             }
             guard image.state == .ready else { throw DaemonError.conflict("image '\(name)' is still being imported") }
             await discard(image)

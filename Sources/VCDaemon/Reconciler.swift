@@ -41,7 +41,9 @@ public struct Reconciler: Service, CustomStringConvertible {
                 try? await node.catalog.etcd.delete(node.catalog.operationKey(operation.cluster))
                 continue
             }
-            logger.notice("recovering an interrupted operation", metadata: ["operation": "\(operation.kind.rawValue)", "recovery": "\(operation.recovery)"])
+            logger.notice(
+                "recovering an interrupted operation",
+                metadata: ["operation": "\(operation.kind.rawValue)", "recovery": "\(operation.recovery)"])
             switch operation.kind {
             case .create:
                 await lifecycle.rollBack(
@@ -49,9 +51,11 @@ public struct Reconciler: Service, CustomStringConvertible {
             case .destroy:
                 await lifecycle.runDestroy(cluster, operation: operation, events: events)
             case .suspend:
-                await lifecycle.runTransition(cluster, operation: operation, plan: .suspend(cluster), to: .suspended, events: events)
+                await lifecycle.runTransition(
+                    cluster, operation: operation, plan: .suspend(cluster), to: .suspended, events: events)
             case .resume:
-                await lifecycle.runTransition(cluster, operation: operation, plan: .resume(cluster), to: .running, events: events)
+                await lifecycle.runTransition(
+                    cluster, operation: operation, plan: .resume(cluster), to: .running, events: events)
             }
             events.finish()
         }
@@ -62,7 +66,9 @@ public struct Reconciler: Service, CustomStringConvertible {
         do {
             let busy = Set(try await node.catalog.operations().map(\.cluster))
             for cluster in try await node.catalog.clusters().map(\.value)
-            where cluster.state == .running && !busy.contains(cluster.name) && cluster.vms.contains(where: { $0.node == node.name }) {
+            where cluster.state == .running && !busy.contains(cluster.name)
+                && cluster.vms.contains(where: { $0.node == node.name })
+            {
                 let runner = StepRunner(node: node, cluster: cluster, image: nil)
                 do {
                     try await runner.perform(.bridge)
@@ -81,7 +87,8 @@ public struct Reconciler: Service, CustomStringConvertible {
                     }
                 } catch {
                     node.logger.warning(
-                        "reconcile failed", metadata: ["cluster": "\(cluster.name)", "error": "\(DaemonError.from(error))"])
+                        "reconcile failed",
+                        metadata: ["cluster": "\(cluster.name)", "error": "\(DaemonError.from(error))"])
                 }
             }
         } catch {

@@ -28,11 +28,15 @@ struct StepRunner: Sendable {
     private var bridge: ClusterBridge { ClusterBridge(network: cluster.network, logger: logger) }
 
     private var dhcp: DHCPServer {
-        DHCPServer(table: DHCPTable(network: cluster.network, vms: cluster.vms, runDirectory: node.networkDirectory), logger: logger)
+        DHCPServer(
+            table: DHCPTable(network: cluster.network, vms: cluster.vms, runDirectory: node.networkDirectory),
+            logger: logger)
     }
 
     func perform(_ step: Step) async throws {
-        if let delay = node.configuration.testing.stepDelayMilliseconds { try await Task.sleep(for: .milliseconds(delay)) }
+        if let delay = node.configuration.testing.stepDelayMilliseconds {
+            try await Task.sleep(for: .milliseconds(delay))
+        }
         logger.debug("step", metadata: ["step": "\(step)"])
         switch step {
         case .bridge:
@@ -129,7 +133,9 @@ struct StepRunner: Sendable {
         try node.pool.remove(m.saveFile + ".partial")
         try makeDirectory(StoragePoolPath.parent(final))
         let saved = try await node.hypervisor.run { conn -> Bool in
-            guard let d = try conn.domain(named: m.name) else { throw DaemonError.failed("domain \(m.name) is not defined") }
+            guard let d = try conn.domain(named: m.name) else {
+                throw DaemonError.failed("domain \(m.name) is not defined")
+            }
             guard d.isActive else { return false }
             try d.save(to: partial)
             return true

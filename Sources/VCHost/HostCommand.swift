@@ -60,7 +60,9 @@ public enum HostCommand {
     }
 
     /// Like `run`, but reports whether it succeeded instead of throwing.
-    public static func succeeds(_ program: String, _ arguments: [String], timeout: Duration = .seconds(30)) async -> Bool {
+    public static func succeeds(_ program: String, _ arguments: [String], timeout: Duration = .seconds(30)) async
+        -> Bool
+    {
         do {
             try await run(program, arguments, timeout: timeout)
             return true
@@ -69,7 +71,9 @@ public enum HostCommand {
         }
     }
 
-    private static func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    private static func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T)
+        async throws -> T
+    {
         try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask { try await body() }
             group.addTask {

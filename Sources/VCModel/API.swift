@@ -59,7 +59,8 @@ public struct OperationEvent: Codable, Sendable, Equatable {
     }
 
     public static func step(_ message: String, completed: Int? = nil, total: Int? = nil) -> OperationEvent {
-        OperationEvent(kind: .step, message: message, completed: completed.map(UInt64.init), total: total.map(UInt64.init))
+        OperationEvent(
+            kind: .step, message: message, completed: completed.map(UInt64.init), total: total.map(UInt64.init))
     }
 }
 
@@ -72,7 +73,10 @@ public struct NodeStatus: Codable, Sendable, Equatable {
     public var runningVMs: Int
     public var committedMemoryMiB: Int
 
-    public init(record: NodeRecord, daemons: [DaemonHealth], pool: PoolStatus, clusters: Int, runningVMs: Int, committedMemoryMiB: Int) {
+    public init(
+        record: NodeRecord, daemons: [DaemonHealth], pool: PoolStatus, clusters: Int, runningVMs: Int,
+        committedMemoryMiB: Int
+    ) {
         self.record = record
         self.daemons = daemons
         self.pool = pool

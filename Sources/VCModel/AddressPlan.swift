@@ -46,4 +46,3 @@ public enum ClusterLayout {
         return VirtualCluster(spec: spec, state: .creating, network: network, vms: vms, createdAt: now, updatedAt: now)
     }
 }
-

@@ -15,7 +15,10 @@ public struct GoldenImage: Codable, Sendable, Equatable {
     public var node: String
     public var importedAt: Date
 
-    public init(name: String, state: State, sourceFormat: String, sizeBytes: UInt64, file: String, node: String, importedAt: Date) {
+    public init(
+        name: String, state: State, sourceFormat: String, sizeBytes: UInt64, file: String, node: String,
+        importedAt: Date
+    ) {
         self.name = name
         self.state = state
         self.sourceFormat = sourceFormat
@@ -64,7 +67,10 @@ public struct VirtualMachine: Codable, Sendable, Equatable {
     /// Pool-relative path of its memory image while the cluster is suspended.
     public var saveFile: String
 
-    public init(name: String, index: Int, mac: String, ip: String, node: String, diskIQN: String, diskFile: String, saveFile: String) {
+    public init(
+        name: String, index: Int, mac: String, ip: String, node: String, diskIQN: String, diskFile: String,
+        saveFile: String
+    ) {
         self.name = name
         self.index = index
         self.mac = mac
@@ -87,7 +93,10 @@ public struct VirtualCluster: Codable, Sendable, Equatable {
     /// Why the last operation failed, when it did.
     public var message: String?
 
-    public init(spec: ClusterSpec, state: ClusterState, network: ClusterNetwork, vms: [VirtualMachine], createdAt: Date, updatedAt: Date, message: String? = nil) {
+    public init(
+        spec: ClusterSpec, state: ClusterState, network: ClusterNetwork, vms: [VirtualMachine], createdAt: Date,
+        updatedAt: Date, message: String? = nil
+    ) {
         self.spec = spec
         self.state = state
         self.network = network
@@ -155,7 +164,10 @@ public struct NodeRecord: Codable, Sendable, Equatable {
     public var version: String
     public var startedAt: Date
 
-    public init(name: String, initiator: String, api: String, capacity: NodeCapacity, accelerator: Accelerator, version: String, startedAt: Date) {
+    public init(
+        name: String, initiator: String, api: String, capacity: NodeCapacity, accelerator: Accelerator, version: String,
+        startedAt: Date
+    ) {
         self.name = name
         self.initiator = initiator
         self.api = api

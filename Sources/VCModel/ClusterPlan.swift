@@ -21,7 +21,8 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
     public var vm: String? {
         switch self {
         case .bridge, .dhcp: return nil
-        case .snapshot(let vm), .export(let vm), .verify(let vm), .define(let vm), .start(let vm), .save(let vm): return vm
+        case .snapshot(let vm), .export(let vm), .verify(let vm), .define(let vm), .start(let vm), .save(let vm):
+            return vm
         }
     }
 
@@ -52,7 +53,12 @@ public struct ClusterPlan: Sendable, Equatable {
     public static func create(_ cluster: VirtualCluster) -> ClusterPlan {
         ClusterPlan(
             shared: [.bridge, .dhcp],
-            machines: cluster.vms.map { [.snapshot(vm: $0.name), .export(vm: $0.name), .verify(vm: $0.name), .define(vm: $0.name), .start(vm: $0.name)] }
+            machines: cluster.vms.map {
+                [
+                    .snapshot(vm: $0.name), .export(vm: $0.name), .verify(vm: $0.name), .define(vm: $0.name),
+                    .start(vm: $0.name),
+                ]
+            }
         )
     }
 
@@ -62,7 +68,9 @@ public struct ClusterPlan: Sendable, Equatable {
         let made = create(cluster)
         return ClusterPlan(
             shared: made.shared.reversed(),
-            machines: made.machines.map { $0.reversed().filter { if case .verify = $0 { return false } else { return true } } }
+            machines: made.machines.map {
+                $0.reversed().filter { if case .verify = $0 { return false } else { return true } }
+            }
         )
     }
 

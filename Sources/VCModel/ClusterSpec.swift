@@ -25,13 +25,18 @@ public struct ClusterSpec: Codable, Sendable, Equatable {
     public func validate() throws(ModelError) {
         try NameRule.checkCluster(name)
         try NameRule.checkImage(image)
-        guard Self.vmRange.contains(vms) else { throw .outOfRange(what: "the number of VMs", value: vms, range: Self.vmRange) }
-        guard Self.vcpuRange.contains(vcpus) else { throw .outOfRange(what: "vCPUs per VM", value: vcpus, range: Self.vcpuRange) }
+        guard Self.vmRange.contains(vms) else {
+            throw .outOfRange(what: "the number of VMs", value: vms, range: Self.vmRange)
+        }
+        guard Self.vcpuRange.contains(vcpus) else {
+            throw .outOfRange(what: "vCPUs per VM", value: vcpus, range: Self.vcpuRange)
+        }
         guard Self.memoryRangeMiB.contains(memoryMiB) else {
             throw .outOfRange(what: "memory per VM (MiB)", value: memoryMiB, range: Self.memoryRangeMiB)
         }
         for key in sshKeys where key.contains("\n") || key.isEmpty {
-            throw .invalidName(kind: "SSH key", name: String(key.prefix(20)), reason: "a key must be one non-empty line")
+            throw .invalidName(
+                kind: "SSH key", name: String(key.prefix(20)), reason: "a key must be one non-empty line")
         }
     }
 

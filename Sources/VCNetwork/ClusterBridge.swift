@@ -19,7 +19,8 @@ public struct ClusterBridge: Sendable {
     /// Creates the bridge with the gateway address and brings it up. Idempotent.
     public func ensure() async throws(NetworkError) {
         if await !exists() {
-            try await ip("create", ["link", "add", "name", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+            try await ip(
+                "create", ["link", "add", "name", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
         }
         let address = "\(network.gateway)/\(network.prefixLength)"
         let shown = (try? await HostCommand.run("ip", ["-o", "-4", "addr", "show", "dev", name]))?.stdout ?? ""

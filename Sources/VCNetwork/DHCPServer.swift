@@ -40,7 +40,8 @@ public struct DHCPServer: Sendable {
         }
         do {
             // dnsmasq forks into the background once it has bound its sockets.
-            try await HostCommand.run("dnsmasq", ["--conf-file=\(table.configFile)"], timeout: .seconds(20), logger: logger)
+            try await HostCommand.run(
+                "dnsmasq", ["--conf-file=\(table.configFile)"], timeout: .seconds(20), logger: logger)
         } catch {
             throw .dhcpFailed(bridge: table.network.bridge, reason: error.reason)
         }

@@ -17,7 +17,9 @@ public enum ImageInspector {
     public static func inspect(_ path: String) async throws(StorageError) -> ImageFacts {
         var st = stat()
         guard stat(path, &st) == 0 else { throw .unreadable(path: path, reason: errnoText()) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw .notADiskImage(path: path, reason: "it is not a regular file") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            throw .notADiskImage(path: path, reason: "it is not a regular file")
+        }
         guard access(path, R_OK) == 0 else { throw .unreadable(path: path, reason: errnoText()) }
         let info: CommandOutput
         do {
@@ -42,10 +44,14 @@ public enum ImageInspector {
         case "qcow2":
             break
         case "raw":
-            guard parsed.virtualSize >= 512 else { throw .notADiskImage(path: path, reason: "it is smaller than one sector") }
+            guard parsed.virtualSize >= 512 else {
+                throw .notADiskImage(path: path, reason: "it is smaller than one sector")
+            }
             // blkid exits 2 when it finds nothing it knows.
             let probe = try? await HostCommand.run("blkid", ["-p", "-o", "export", path], timeout: .seconds(30))
-            let found = (probe?.stdout ?? "").split(separator: "\n").contains { $0.hasPrefix("PTTYPE=") || $0.hasPrefix("TYPE=") }
+            let found = (probe?.stdout ?? "").split(separator: "\n").contains {
+                $0.hasPrefix("PTTYPE=") || $0.hasPrefix("TYPE=")
+            }
             guard found else {
                 throw .notADiskImage(path: path, reason: "no partition table, boot sector or filesystem found")
             }

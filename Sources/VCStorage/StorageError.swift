@@ -20,9 +20,11 @@ public enum StorageError: Error, Sendable, CustomStringConvertible {
         case .poolUnavailable(let path, let reason): return "storage pool \(path) is not usable: \(reason)"
         case .cloneFailed(let s, let d, let reason): return "could not clone \(s) to \(d): \(reason)"
         case .fileFailed(let path, let op, let reason): return "could not \(op) \(path): \(reason)"
-        case .targetDaemon(let reason): return "the iSCSI target daemon (tgtd) is not available: \(reason); start it (scripts/daemons.sh start)"
+        case .targetDaemon(let reason):
+            return "the iSCSI target daemon (tgtd) is not available: \(reason); start it (scripts/daemons.sh start)"
         case .targetFailed(let iqn, let op, let reason): return "could not \(op) iSCSI target \(iqn): \(reason)"
-        case .notADiskImage(let path, let reason): return "\(path) is not a disk image: \(reason); give a raw or qcow2 disk image"
+        case .notADiskImage(let path, let reason):
+            return "\(path) is not a disk image: \(reason); give a raw or qcow2 disk image"
         case .unreadable(let path, let reason): return "cannot read \(path): \(reason)"
         }
     }

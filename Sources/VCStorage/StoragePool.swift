@@ -50,7 +50,8 @@ public struct StoragePool: Sendable {
         if try !canReflink(root) {
             try await mountEmbedded()
             guard try canReflink(root) else {
-                throw .poolUnavailable(path: root, reason: "the embedded \(configuration.embeddedFilesystem) pool cannot reflink")
+                throw .poolUnavailable(
+                    path: root, reason: "the embedded \(configuration.embeddedFilesystem) pool cannot reflink")
             }
         }
         for sub in ["images", "disks", "saves"] { try makeDirectory("\(root)/\(sub)") }
@@ -107,7 +108,9 @@ public struct StoragePool: Sendable {
     /// Removes a pool file. Idempotent.
     public func remove(_ relative: String) throws(StorageError) {
         let p = path(relative)
-        guard unlink(p) == 0 || errno == ENOENT else { throw .fileFailed(path: p, operation: "remove", reason: errnoText()) }
+        guard unlink(p) == 0 || errno == ENOENT else {
+            throw .fileFailed(path: p, operation: "remove", reason: errnoText())
+        }
     }
 
     /// Removes an empty pool directory (e.g. a cluster's disk folder). Idempotent.
@@ -119,7 +122,9 @@ public struct StoragePool: Sendable {
 
     public func size(_ relative: String) throws(StorageError) -> UInt64 {
         var st = stat()
-        guard stat(path(relative), &st) == 0 else { throw .fileFailed(path: path(relative), operation: "stat", reason: errnoText()) }
+        guard stat(path(relative), &st) == 0 else {
+            throw .fileFailed(path: path(relative), operation: "stat", reason: errnoText())
+        }
         return UInt64(st.st_size)
     }
 
@@ -130,9 +135,12 @@ public struct StoragePool: Sendable {
         if Self.mountSource(of: root) != nil { return }
         if access(image, F_OK) != 0 {
             guard (1...65536).contains(configuration.embeddedSizeGiB) else {
-                throw .poolUnavailable(path: root, reason: "embedded pool size \(configuration.embeddedSizeGiB) GiB is out of range")
+                throw .poolUnavailable(
+                    path: root, reason: "embedded pool size \(configuration.embeddedSizeGiB) GiB is out of range")
             }
-            logger.info("making the embedded pool", metadata: ["image": "\(image)", "size_gib": "\(configuration.embeddedSizeGiB)"])
+            logger.info(
+                "making the embedded pool",
+                metadata: ["image": "\(image)", "size_gib": "\(configuration.embeddedSizeGiB)"])
             try makeDirectory(Self.parent(image))
             let fd = open(image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
             guard fd >= 0 else { throw .poolUnavailable(path: image, reason: errnoText()) }

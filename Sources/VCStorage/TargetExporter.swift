@@ -23,9 +23,18 @@ public actor TargetExporter {
     private var reserved: Set<Int> = []
     public let chap: (user: String, password: String)?
 
-    public init(chap: (user: String, password: String)? = nil, logger: Logger) {
+    /// tgtd's management port; 0 for tgtd's default. A node may run several tgtd
+    /// instances (tests do), each reached through its own port.
+    public let controlPort: Int
+
+    public init(chap: (user: String, password: String)? = nil, controlPort: Int = 0, logger: Logger) {
         self.chap = chap
+        self.controlPort = controlPort
         self.logger = logger
+    }
+
+    private var baseArguments: [String] {
+        (controlPort > 0 ? ["--control-port", "\(controlPort)"] : []) + ["--lld", "iscsi"]
     }
 
     /// Makes (or re-makes) the target `iqn` serving `file` to `initiators` only.
@@ -36,10 +45,14 @@ public actor TargetExporter {
         if let t = existing.first(where: { $0.iqn == iqn }) {
             if t.backingFiles == [file] {
                 for name in initiators where !t.initiators.contains(name) {
-                    try await tgtadm(iqn, "bind", ["--op", "bind", "--mode", "target", "--tid", "\(t.tid)", "--initiator-name", name])
+                    try await tgtadm(
+                        iqn, "bind",
+                        ["--op", "bind", "--mode", "target", "--tid", "\(t.tid)", "--initiator-name", name])
                 }
                 for name in t.initiators where !initiators.contains(name) {
-                    try await tgtadm(iqn, "unbind", ["--op", "unbind", "--mode", "target", "--tid", "\(t.tid)", "--initiator-name", name])
+                    try await tgtadm(
+                        iqn, "unbind",
+                        ["--op", "unbind", "--mode", "target", "--tid", "\(t.tid)", "--initiator-name", name])
                 }
                 return try await target(iqn) ?? t
             }
@@ -51,13 +64,18 @@ public actor TargetExporter {
         defer { reserved.remove(tid) }
         try await tgtadm(iqn, "create", ["--op", "new", "--mode", "target", "--tid", "\(tid)", "-T", iqn])
         do {
-            try await tgtadm(iqn, "add LUN 1 to", ["--op", "new", "--mode", "logicalunit", "--tid", "\(tid)", "--lun", "1", "-b", file])
+            try await tgtadm(
+                iqn, "add LUN 1 to",
+                ["--op", "new", "--mode", "logicalunit", "--tid", "\(tid)", "--lun", "1", "-b", file])
             for name in initiators {
-                try await tgtadm(iqn, "bind", ["--op", "bind", "--mode", "target", "--tid", "\(tid)", "--initiator-name", name])
+                try await tgtadm(
+                    iqn, "bind", ["--op", "bind", "--mode", "target", "--tid", "\(tid)", "--initiator-name", name])
             }
             if let chap {
                 try await ensureAccount(chap.user, chap.password)
-                try await tgtadm(iqn, "bind CHAP account to", ["--op", "bind", "--mode", "account", "--tid", "\(tid)", "--user", chap.user])
+                try await tgtadm(
+                    iqn, "bind CHAP account to",
+                    ["--op", "bind", "--mode", "account", "--tid", "\(tid)", "--user", chap.user])
             }
         } catch {
             try? await remove(tid: tid, iqn: iqn)
@@ -80,7 +98,8 @@ public actor TargetExporter {
     public func targets() async throws(StorageError) -> [TargetInfo] {
         let out: CommandOutput
         do {
-            out = try await HostCommand.run("tgtadm", ["--lld", "iscsi", "--op", "show", "--mode", "target"], timeout: .seconds(30))
+            out = try await HostCommand.run(
+                "tgtadm", baseArguments + ["--op", "show", "--mode", "target"], timeout: .seconds(30))
         } catch {
             throw .targetDaemon(reason: error.reason)
         }
@@ -95,18 +114,19 @@ public actor TargetExporter {
     private func ensureAccount(_ user: String, _ password: String) async throws(StorageError) {
         let out: CommandOutput
         do {
-            out = try await HostCommand.run("tgtadm", ["--lld", "iscsi", "--op", "show", "--mode", "account"])
+            out = try await HostCommand.run("tgtadm", baseArguments + ["--op", "show", "--mode", "account"])
         } catch {
             throw .targetDaemon(reason: error.reason)
         }
         let users = out.stdout.split(separator: "\n").map { $0.trimmingCharacters() }
         if users.contains(user) { return }
-        try await tgtadm(user, "create CHAP account", ["--op", "new", "--mode", "account", "--user", user, "--password", password])
+        try await tgtadm(
+            user, "create CHAP account", ["--op", "new", "--mode", "account", "--user", user, "--password", password])
     }
 
     private func tgtadm(_ what: String, _ operation: String, _ args: [String]) async throws(StorageError) {
         do {
-            try await HostCommand.run("tgtadm", ["--lld", "iscsi"] + args, timeout: .seconds(30))
+            try await HostCommand.run("tgtadm", baseArguments + args, timeout: .seconds(30))
         } catch {
             if error.isMissingTargetDaemon { throw .targetDaemon(reason: error.reason) }
             throw .targetFailed(iqn: what, operation: operation, reason: error.reason)

@@ -1,0 +1,47 @@
+# The two commands of the README, on a fresh Debian 12 machine as root:
+#   make demo   installs what is missing, starts the daemons, builds, imports the tiny
+#               image, creates a 3-VM cluster and shows it
+#   make test   installs what is missing and runs every test
+SHELL := /bin/bash
+.DEFAULT_GOAL := demo
+
+.PHONY: setup daemons build images demo test unit-test integration-test lint bench stop clean-demo
+
+setup:
+	scripts/setup.sh
+
+daemons: setup
+	scripts/daemons.sh start
+
+build: setup
+	swift build
+
+images: setup
+	images/tiny/build.sh images/build
+	scripts/install-probe.sh
+
+demo: daemons build images
+	scripts/demo.sh
+
+lint:
+	swift format lint --strict --recursive Package.swift Sources Tests
+
+unit-test: build
+	swift test --skip IntegrationTests
+
+integration-test: daemons build images
+	swift test --filter IntegrationTests
+
+test: daemons build images lint
+	swift test
+
+bench: daemons build images
+	bench/run.sh
+
+# Stops the demo's vcd; the daemons stay (scripts/daemons.sh stop stops them).
+stop:
+	scripts/vcd.sh stop
+
+clean-demo:
+	-$$(swift build --show-bin-path)/vc cluster destroy demo
+	scripts/vcd.sh stop
