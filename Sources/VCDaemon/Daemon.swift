@@ -3,6 +3,7 @@ import Hummingbird
 import ISCSI
 import Libvirt
 import Logging
+import NIOCore
 import ServiceLifecycle
 import Systemd
 import VCCatalog
@@ -14,6 +15,8 @@ import VCStorage
 /// watchdog as one service group that stops gracefully on SIGTERM.
 public enum Daemon {
     public static func run(configuration: DaemonConfiguration, logger: Logger) async throws {
+        let lock = try InstanceLock(directory: configuration.stateDirectory)
+        defer { lock.release() }
         let node = try await prepare(configuration: configuration, logger: logger)
         let lifecycle = ClusterLifecycle(node: node)
         let images = ImageLibrary(node: node)
@@ -50,7 +53,12 @@ public enum Daemon {
                 "node": "\(node.name)", "api": "\(configuration.api.host):\(configuration.api.port)",
                 "accelerator": "\(node.accelerator.kind.rawValue)", "pool": "\(node.pool.root)",
             ])
-        try await group.run()
+        do {
+            try await group.run()
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            throw DaemonError.unavailable(
+                "cannot listen on \(configuration.api.host):\(configuration.api.port): address in use; is another vcd running?")
+        }
         SystemdNotifier.stopping()
         try? await node.hypervisor.shutdown()
         try? await node.iscsi.shutdown()
@@ -111,4 +119,28 @@ public enum Daemon {
     static func makeDirectory(_ path: String) throws {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     }
+}
+
+/// One vcd per state directory: an exclusive flock held for the life of the process, so a
+/// second vcd refuses to start instead of taking over the first one's socket.
+struct InstanceLock {
+    private let fd: Int32
+
+    init(directory: String) throws {
+        try Daemon.makeDirectory(directory)
+        let path = "\(directory)/vcd.lock"
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw DaemonError.failed("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            close(fd)
+            throw DaemonError.conflict(
+                "another vcd (pid \(holder ?? "?")) already runs with state directory \(directory); stop it first")
+        }
+        ftruncate(fd, 0)
+        let pid = Array("\(getpid())\n".utf8)
+        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    func release() { close(fd) }
 }

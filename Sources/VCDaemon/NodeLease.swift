@@ -56,6 +56,7 @@ public struct NodeLease: Service, CustomStringConvertible {
                     await readiness.lease(held: true)
                 }
             } catch {
+                if Task.isCancelled { break }
                 node.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
                 await readiness.lease(held: false)
             }

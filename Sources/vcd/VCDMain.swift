@@ -41,8 +41,8 @@ struct VCD: AsyncParsableCommand {
         logger[metadataKey: "node"] = "\(settings.node)"
         do {
             try await Daemon.run(configuration: settings, logger: logger)
-        } catch let error as DaemonError {
-            FileHandle.standardError.write(Data("vcd: \(error)\n".utf8))
+        } catch {
+            FileHandle.standardError.write(Data("vcd: \(DaemonError.from(error))\n".utf8))
             throw ExitCode(1)
         }
     }
