@@ -90,7 +90,7 @@ let package = Package(
         .executableTarget(name: "vc", dependencies: ["VCCommands"]),
         .executableTarget(name: "vcnode", dependencies: ["VCCommands"]),
 
-        .testTarget(name: "VCModelTests", dependencies: ["VCModel"]),
+        .testTarget(name: "UnitTests", dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["VCModel", "VCClient", "VCHost", "ISCSI", "Libvirt", "VCStorage", "VCCatalog"]

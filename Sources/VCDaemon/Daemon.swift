@@ -57,7 +57,8 @@ public enum Daemon {
             try await group.run()
         } catch let error as IOError where error.errnoCode == EADDRINUSE {
             throw DaemonError.unavailable(
-                "cannot listen on \(configuration.api.host):\(configuration.api.port): address in use; is another vcd running?")
+                "cannot listen on \(configuration.api.host):\(configuration.api.port): address in use; is another vcd running?"
+            )
         }
         SystemdNotifier.stopping()
         try? await node.hypervisor.shutdown()
@@ -132,7 +133,8 @@ struct InstanceLock {
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw DaemonError.failed("cannot open \(path): \(String(cString: strerror(errno)))") }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(
+                in: .whitespacesAndNewlines)
             close(fd)
             throw DaemonError.conflict(
                 "another vcd (pid \(holder ?? "?")) already runs with state directory \(directory); stop it first")

@@ -1,0 +1,206 @@
+import Foundation
+import Testing
+
+@testable import VCCatalog
+@testable import VCDaemon
+@testable import VCModel
+@testable import VCStorage
+
+#if canImport(FoundationXML)
+    import FoundationXML
+#endif
+
+@Suite struct DomainDocumentTests {
+    let vm = VirtualMachine(
+        name: "demo-1", index: 1, mac: "52:54:00:77:01:01", ip: "10.77.1.11", node: "n1",
+        diskIQN: "iqn.2026-11.dev.peerless:disk.demo-1", diskFile: "disks/demo/demo-1.raw",
+        saveFile: "saves/demo/demo-1.save")
+
+    func document(_ accel: Accelerator.Kind, keys: [String] = [], chap: CHAPReference? = nil) -> DomainDocument {
+        DomainDocument(
+            vm: vm, cluster: "demo", vcpus: 2, memoryMiB: 512, bridge: "vcbr1", portal: ISCSIPortal(host: "127.0.0.1"),
+            initiator: "iqn.2026-11.dev.peerless:node.n1", accelerator: accel,
+            consolePath: "/var/lib/peerless/consoles/demo/demo-1.log",
+            chap: chap, sshKeys: keys)
+    }
+
+    func parse(_ xml: String) throws -> XMLElement {
+        try XMLDocument(xmlString: xml).rootElement()!
+    }
+
+    func value(_ root: XMLElement, _ xpath: String) throws -> String? {
+        try root.nodes(forXPath: xpath).first?.stringValue
+    }
+
+    @Test func tcgDomainBootsFromItsISCSIDiskWithTheNodesInitiator() throws {
+        let root = try parse(document(.tcg).xml)
+        #expect(try value(root, "/domain/@type") == "qemu")
+        #expect(try root.nodes(forXPath: "/domain/cpu").isEmpty)
+        #expect(try value(root, "/domain/name") == "demo-1")
+        #expect(try value(root, "/domain/memory") == "512")
+        #expect(try value(root, "/domain/vcpu") == "2")
+        #expect(try value(root, "/domain/devices/disk/@type") == "network")
+        #expect(try value(root, "/domain/devices/disk/source/@protocol") == "iscsi")
+        #expect(try value(root, "/domain/devices/disk/source/@name") == "iqn.2026-11.dev.peerless:disk.demo-1/1")
+        #expect(try value(root, "/domain/devices/disk/source/host/@name") == "127.0.0.1")
+        #expect(try value(root, "/domain/devices/disk/source/host/@port") == "3260")
+        #expect(
+            try value(root, "/domain/devices/disk/source/initiator/iqn/@name") == "iqn.2026-11.dev.peerless:node.n1")
+        #expect(try value(root, "/domain/devices/interface/source/@bridge") == "vcbr1")
+        #expect(try value(root, "/domain/devices/interface/mac/@address") == "52:54:00:77:01:01")
+        #expect(try value(root, "/domain/devices/serial/source/@path") == "/var/lib/peerless/consoles/demo/demo-1.log")
+        #expect(try root.nodes(forXPath: "/domain/devices/disk/source/auth").isEmpty)
+    }
+
+    @Test func kvmDomainPassesTheHostCPUThrough() throws {
+        let root = try parse(document(.kvm).xml)
+        #expect(try value(root, "/domain/@type") == "kvm")
+        #expect(try value(root, "/domain/cpu/@mode") == "host-passthrough")
+    }
+
+    @Test func metadataNamesTheClusterSoUndoNeverTouchesForeignDomains() throws {
+        let root = try parse(document(.tcg).xml)
+        let meta = try root.nodes(forXPath: "/domain/metadata/*").first as? XMLElement
+        #expect(meta?.uri == DomainDocument.metadataNamespace)
+        #expect(meta?.attribute(forName: "cluster")?.stringValue == "demo")
+    }
+
+    @Test func hostnameAndKeysTravelAsOEMStringsEscaped() throws {
+        let key = "ssh-ed25519 AAAA<&'\"> me@host"
+        let root = try parse(document(.tcg, keys: [key]).xml)
+        let entries = try root.nodes(forXPath: "/domain/sysinfo/oemStrings/entry").map { $0.stringValue ?? "" }
+        #expect(entries.contains("peerless.hostname=demo-1"))
+        #expect(entries.contains("peerless.ssh-key=\(key)"))
+        #expect(try value(root, "/domain/os/smbios/@mode") == "sysinfo")
+    }
+
+    @Test func chapAddsAnAuthElementReferringToTheSecret() throws {
+        let root = try parse(document(.tcg, chap: CHAPReference(user: "u", secretUsage: "peerless-chap")).xml)
+        #expect(try value(root, "/domain/devices/disk/source/auth/@username") == "u")
+        #expect(try value(root, "/domain/devices/disk/source/auth/secret/@usage") == "peerless-chap")
+    }
+}
+
+@Suite struct DHCPTableTests {
+    @Test func servesEveryVMStaticallyWithInfiniteLeasesAndNames() throws {
+        let c = ClusterLayout.make(
+            spec: ClusterSpec(name: "web", image: "i", vms: 2), subnet: 3, node: "n", addresses: try AddressPlan(),
+            now: Date())
+        let table = DHCPTable(network: c.network, vms: c.vms, runDirectory: "/run/x")
+        let lines = table.configuration.split(separator: "\n").map(String.init)
+        #expect(lines.contains("interface=vcbr3"))
+        #expect(lines.contains("listen-address=10.77.3.1"))
+        #expect(lines.contains("dhcp-range=10.77.3.0,static,255.255.255.0,infinite"))
+        #expect(lines.contains("dhcp-host=52:54:00:77:03:01,10.77.3.11,web-1,infinite"))
+        #expect(lines.contains("host-record=web-2.web.vc,web-2,10.77.3.12"))
+        #expect(lines.contains("pid-file=/run/x/vcbr3.pid"))
+        // Several nodes will serve the same table: an authoritative server would NAK the others.
+        #expect(!lines.contains("dhcp-authoritative"))
+    }
+}
+
+@Suite struct TargetListingTests {
+    static let sample = """
+        Target 1: iqn.2026-11.dev.peerless:disk.demo-1
+            System information:
+                Driver: iscsi
+                State: ready
+            I_T nexus information:
+                I_T nexus: 2
+                    Initiator: iqn.2026-11.dev.peerless:node.n1 alias: none
+                    Connection: 0
+                        IP Address: 127.0.0.1
+            LUN information:
+                LUN: 0
+                    Type: controller
+                    Backing store type: null
+                    Backing store path: None
+                    Backing store flags:
+                LUN: 1
+                    Type: disk
+                    Size: 67 MB, Block size: 512
+                    Backing store type: rdwr
+                    Backing store path: /pool/disks/demo/demo-1.raw
+                    Backing store flags:
+            Account information:
+            ACL information:
+                iqn.2026-11.dev.peerless:node.n1
+        Target 2: iqn.2026-11.dev.peerless:disk.demo-2
+            System information:
+                Driver: iscsi
+                State: ready
+            I_T nexus information:
+            LUN information:
+                LUN: 0
+                    Backing store path: None
+            Account information:
+            ACL information:
+        """
+
+    @Test func readsTargetsLUNFilesACLsAndSessions() {
+        let targets = TargetExporter.parse(Self.sample)
+        #expect(targets.count == 2)
+        #expect(targets[0].tid == 1)
+        #expect(targets[0].iqn == "iqn.2026-11.dev.peerless:disk.demo-1")
+        #expect(targets[0].backingFiles == ["/pool/disks/demo/demo-1.raw"])
+        #expect(targets[0].initiators == ["iqn.2026-11.dev.peerless:node.n1"])
+        #expect(targets[0].connected == ["iqn.2026-11.dev.peerless:node.n1"])
+        #expect(targets[1].tid == 2)
+        #expect(targets[1].backingFiles.isEmpty)
+        #expect(targets[1].initiators.isEmpty)
+    }
+
+    @Test func emptyListingHasNoTargets() {
+        #expect(TargetExporter.parse("").isEmpty)
+    }
+}
+
+@Suite struct ConfigurationTests {
+    @Test func anEmptyFileKeepsEveryDefault() throws {
+        let c = try DaemonConfiguration.load(yaml: "")
+        #expect(c == DaemonConfiguration())
+        #expect(c.api.port == 7480)
+        #expect(c.pool.embeddedFilesystem == "btrfs")
+    }
+
+    @Test func givenKeysOverrideOnlyThemselves() throws {
+        let c = try DaemonConfiguration.load(
+            yaml: """
+                node: n7
+                api:
+                  port: 9000
+                iscsi:
+                  chapUser: u
+                  chapPassword: p
+                testing:
+                  failCreateAfterVMs: 2
+                """)
+        #expect(c.node == "n7")
+        #expect(c.api.port == 9000)
+        #expect(c.api.host == "127.0.0.1")
+        #expect(c.iscsi.chapUser == "u")
+        #expect(c.testing.failCreateAfterVMs == 2)
+    }
+
+    @Test func aMisspeltSettingIsRefusedNotIgnored() {
+        #expect {
+            try DaemonConfiguration.load(yaml: "api:\n  prot: 9000\n")
+        } throws: { error in
+            "\(error)".contains("api.prot")
+        }
+    }
+}
+
+@Suite struct CatalogKeyTests {
+    @Test func prefixEndSelectsEveryKeyUnderThePrefix() {
+        #expect(EtcdClient.prefixEnd("/peerless/") == "/peerless0")
+        #expect(EtcdClient.prefixEnd("a") == "b")
+    }
+
+    @Test func keysLiveUnderTheConfiguredPrefix() {
+        let catalog = Catalog(etcd: EtcdClient(endpoint: "http://127.0.0.1:1"), prefix: "/t1/")
+        #expect(catalog.clusterKey("demo") == "/t1/clusters/demo")
+        #expect(catalog.operationKey("demo") == "/t1/ops/demo")
+        #expect(catalog.subnetKey(4) == "/t1/subnets/4")
+    }
+}
