@@ -93,7 +93,7 @@ let package = Package(
         .testTarget(name: "UnitTests", dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["VCModel", "VCClient", "VCHost", "ISCSI", "Libvirt", "VCStorage", "VCCatalog"]
+            dependencies: ["VCModel", .product(name: "Subprocess", package: "swift-subprocess")]
         ),
     ],
     swiftLanguageModes: [.v6]

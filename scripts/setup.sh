@@ -16,7 +16,7 @@ packages=(
   # image recipes
   busybox-static extlinux syslinux-common cpio debootstrap
   # tests and demo
-  jq curl
+  jq curl bind9-dnsutils
 )
 
 missing=()
@@ -49,4 +49,12 @@ getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
 getent passwd libvirt-qemu >/dev/null ||
   useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
 mkdir -p /var/log/libvirt /run/libvirt /var/lib/libvirt/qemu
+
+# What Debian's udev rule does (KERNEL=="kvm", GROUP="kvm", MODE="0660"); without udev the
+# node may carry another group. libvirtd then finds KVM "no longer available" for its QEMU
+# user on every call, throws its capability cache away and re-probes QEMU for seconds.
+if [ -c /dev/kvm ]; then
+  chgrp kvm /dev/kvm
+  chmod 0660 /dev/kvm
+fi
 echo "setup: packages and users ready"

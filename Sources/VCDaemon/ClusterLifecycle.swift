@@ -3,6 +3,7 @@ import Libvirt
 import Logging
 import VCCatalog
 import VCModel
+import VCNetwork
 
 /// Create, suspend, resume and destroy of virtual clusters. Each operation is journaled in
 /// the catalog before its first host change (the operation key, which also keeps other
@@ -31,7 +32,7 @@ public struct ClusterLifecycle: Sendable {
                 throw CatalogError.alreadyExists(kind: "cluster", name: spec.name)
             }
             try node.capacity.admit(spec, committedMiB: try await node.committedMemoryMiB())
-            try await refuseForeignDomains(spec)
+            try await refuseExistingResources(spec)
 
             let (cluster, operation) = try await claim(spec)
             let (stream, events) = AsyncStream<OperationEvent>.makeStream()
@@ -47,7 +48,7 @@ public struct ClusterLifecycle: Sendable {
     /// Picks a free subnet and records the cluster and its create operation atomically;
     /// retries with the next subnet when a concurrent create took it first.
     private func claim(_ spec: ClusterSpec) async throws -> (VirtualCluster, ClusterOperation) {
-        var tried = Set<Int>()
+        var tried = await ClusterBridge.subnetsInUseOnHost()
         for _ in 0..<8 {
             let used = try await catalog.usedSubnets().union(tried)
             guard let subnet = AddressPlan.firstFree(used: used) else {
@@ -68,15 +69,19 @@ public struct ClusterLifecycle: Sendable {
         throw DaemonError.conflict("could not claim a network for '\(spec.name)': too many concurrent creates; retry")
     }
 
-    /// A libvirt domain with one of the new VMs' names that Peerless did not make would be
-    /// overwritten by define: refuse before anything is made.
-    private func refuseForeignDomains(_ spec: ClusterSpec) async throws {
+    /// A libvirt domain or an iSCSI target with one of the new VMs' names would be taken
+    /// over by the create, and removed by its rollback: refuse before anything is made.
+    private func refuseExistingResources(_ spec: ClusterSpec) async throws {
         let names = (1...spec.vms).map { Naming.vmName(cluster: spec.name, index: $0) }
         let taken = try await node.hypervisor.run { conn in
             try names.filter { try conn.domain(named: $0) != nil }
         }
         if let first = taken.first {
             throw DaemonError.conflict("a libvirt domain named '\(first)' already exists; choose another cluster name")
+        }
+        let iqns = Set(names.map(Naming.diskIQN(vm:)))
+        if let target = try await node.exporter.targets().first(where: { iqns.contains($0.iqn) }) {
+            throw DaemonError.conflict("iSCSI target \(target.iqn) already exists on this node; choose another cluster name")
         }
     }
 

@@ -6,10 +6,10 @@
 #   images/tiny/build.sh [OUTDIR]        (run as root; OUTDIR: images/build)
 #
 # Makes OUTDIR/tiny.img, OUTDIR/tiny-vmlinuz, OUTDIR/tiny-initrd.img.
-# Does nothing when all three are newer than every file under images/tiny/
+# Does nothing when all three are newer than build.sh, initrd-init and rootfs/
 # (set PEERLESS_TINY_FORCE=1 to rebuild anyway).
 #
-# Why not the stock Debian initramfs: it is ~30 MB and needs >= 1 GiB of RAM;
+# Why not the stock Debian initramfs: it is ~36 MB and needs >= 1 GiB of RAM;
 # ours holds busybox and the handful of modules that find a virtio ext4 root.
 #
 # Layout of tiny.img: "superfloppy", one ext4 filesystem over the whole disk,
@@ -26,6 +26,12 @@ work=${PEERLESS_IMAGE_WORK:-$images/build/work}
 size_mib=${PEERLESS_TINY_SIZE_MIB:-64}
 
 [ "$(id -u)" = 0 ] || { echo "build.sh: must run as root (mount, mknod)" >&2; exit 1; }
+# tool:Debian package; extlinux carries ldlinux.sys/.c32 inside itself.
+for t in apt-get:apt dpkg-deb:dpkg mkfs.ext4:e2fsprogs e2fsck:e2fsprogs extlinux:extlinux \
+    cpio:cpio gzip:gzip flock:util-linux mountpoint:util-linux; do
+    command -v "${t%%:*}" >/dev/null ||
+        { echo "build.sh: ${t%%:*} missing (apt-get install ${t#*:})" >&2; exit 1; }
+done
 mkdir -p "$out" "$work/debs"
 out=$(cd "$out" && pwd)
 work=$(cd "$work" && pwd)
@@ -36,7 +42,8 @@ initrd_out=$out/tiny-initrd.img
 
 up_to_date() {
     local f newest
-    newest=$(find "$here" -type f -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-)
+    # Only the build's inputs count: editing a test script rebuilds nothing.
+    newest=$(find "$here/build.sh" "$here/initrd-init" "$here/rootfs" -type f -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-)
     for f in "$img" "$kernel_out" "$initrd_out"; do
         [ -s "$f" ] && [ "$f" -nt "$newest" ] || return 1
     done
