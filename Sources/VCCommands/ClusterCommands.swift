@@ -61,7 +61,7 @@ struct ClusterCreate: AsyncParsableCommand {
                 guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
                     throw ValidationError("cannot read \(file)")
                 }
-                keys += text.split(separator: "\n").map { String($0) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+                keys += text.split(whereSeparator: \.isNewline).map { String($0) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
             }
             try await ClusterOps.create(spec(keys: keys), global: global)
         }
@@ -199,7 +199,7 @@ struct ClusterWait: AsyncParsableCommand {
                     let (bytes, _) = try await global.client.raw(
                         "/v1/vms/\(vm)/console?offset=0", header: "X-Console-Offset")
                     let text = String(decoding: bytes, as: UTF8.self)
-                    if let line = text.split(separator: "\n").first(where: { $0.contains(console) }) {
+                    if let line = text.split(whereSeparator: \.isNewline).first(where: { $0.contains(console) }) {
                         seen[vm] = String(line).trimmingCharacters(in: .whitespacesAndNewlines)
                         if global.output == .table { print("\(vm): \(seen[vm]!)") }
                     }

@@ -270,7 +270,7 @@ final class Testbed {
         try await eventually("\(marker) on \(vms.joined(separator: ", "))", timeout: timeout, every: .seconds(1)) {
             var lines: [String: String] = [:]
             for vm in vms {
-                if let line = try await console(vm).split(separator: "\n").first(where: { $0.contains(marker) }) {
+                if let line = try await console(vm).split(whereSeparator: \.isNewline).first(where: { $0.contains(marker) }) {
                     lines[vm] = line.trimmingCharacters(in: .whitespacesAndNewlines)
                 }
             }
