@@ -12,16 +12,6 @@ struct ClusterCommand: AsyncParsableCommand {
         ])
 }
 
-/// Memory as people write it: 512, 512M, 1G.
-struct MemorySize: ExpressibleByArgument {
-    var mib: Int
-    init?(argument: String) {
-        guard let m = try? ByteSize.parseMiB(argument) else { return nil }
-        mib = m
-    }
-    var defaultValueDescription: String { "\(mib)M" }
-}
-
 struct ClusterCreate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "create", abstract: "Create a virtual cluster and start its VMs.",
@@ -36,34 +26,33 @@ struct ClusterCreate: AsyncParsableCommand {
     @Option(help: "Golden image to boot from.") var image: String
     @Option(help: "Number of VMs (1-240).") var vms: Int
     @Option(help: "vCPUs per VM.") var vcpus: Int = 1
-    @Option(help: "Memory per VM, e.g. 256M or 1G.") var memory: MemorySize = MemorySize(argument: "256M")!
+    @Option(help: "Memory per VM, e.g. 256M or 1G.") var memory: String = "256M"
     @Option(
         name: .customLong("ssh-key"), help: "A public key file to install in the VMs (repeatable).", completion: .file()
     )
     var sshKeys: [String] = []
 
-    func validate() throws {
-        do {
-            try spec(keys: []).validate()
-        } catch {
-            throw ValidationError(error.description)
-        }
-    }
-
-    func spec(keys: [String]) -> ClusterSpec {
-        ClusterSpec(name: name, image: image, vms: vms, vcpus: vcpus, memoryMiB: memory.mib, sshKeys: keys)
+    /// Checked in `run`, not `validate`, so that a bad value gets one line, not a usage page.
+    func spec(keys: [String]) throws -> ClusterSpec {
+        let spec = ClusterSpec(
+            name: name, image: image, vms: vms, vcpus: vcpus, memoryMiB: try ByteSize.parseMiB(memory), sshKeys: keys)
+        try spec.validate()
+        return spec
     }
 
     func run() async throws {
         try await CLI.run {
+            _ = try spec(keys: [])
             var keys: [String] = []
             for file in sshKeys {
                 guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
                     throw ValidationError("cannot read \(file)")
                 }
-                keys += text.split(whereSeparator: \.isNewline).map { String($0) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+                keys += text.split(whereSeparator: \.isNewline).map { String($0) }.filter {
+                    !$0.isEmpty && !$0.hasPrefix("#")
+                }
             }
-            try await ClusterOps.create(spec(keys: keys), global: global)
+            try await ClusterOps.create(try spec(keys: keys), global: global)
         }
     }
 }

@@ -35,6 +35,8 @@ enum CLI {
             fail(error.description, code: exitCode(error.code))
         } catch let error as ModelError {
             fail(error.description, code: 2)
+        } catch let error as ValidationError {
+            fail(error.message, code: 2)
         }
     }
 

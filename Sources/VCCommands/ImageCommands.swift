@@ -18,15 +18,12 @@ struct ImageImport: AsyncParsableCommand {
     @Argument(help: "Name for the image (lowercase letters, digits, '-').") var name: String
     @Argument(help: "Path of the raw or qcow2 file.", completion: .file()) var file: String
 
-    func validate() throws {
-        do { try NameRule.checkImage(name) } catch { throw ValidationError(error.description) }
-    }
-
     func run() async throws {
         try await CLI.run {
+            try NameRule.checkImage(name)
             let path = URL(fileURLWithPath: file).standardizedFileURL.path
             guard FileManager.default.isReadableFile(atPath: path) else {
-                throw ValidationError("cannot read \(file)")
+                CLI.fail("cannot read \(file): no such readable file", code: 2)
             }
             let view = ProgressView(quiet: global.output == .json)
             let final = try await global.client.operation(

@@ -81,7 +81,8 @@ public struct ClusterLifecycle: Sendable {
         }
         let iqns = Set(names.map(Naming.diskIQN(vm:)))
         if let target = try await node.exporter.targets().first(where: { iqns.contains($0.iqn) }) {
-            throw DaemonError.conflict("iSCSI target \(target.iqn) already exists on this node; choose another cluster name")
+            throw DaemonError.conflict(
+                "iSCSI target \(target.iqn) already exists on this node; choose another cluster name")
         }
     }
 

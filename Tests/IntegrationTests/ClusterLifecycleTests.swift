@@ -20,7 +20,9 @@ import VCModel
 
             try await bed.importTiny()
             let name = "lc-\(bed.id)"
-            let created = try await bed.vc(["cluster", "create", name, "--image", "tiny", "--vms", "2", "--memory", "256M"])
+            let created = try await bed.vc([
+                "cluster", "create", name, "--image", "tiny", "--vms", "2", "--memory", "256M",
+            ])
             #expect(created.status == 0, "\(created)")
             let cluster = try await bed.vcJSON(ClusterStatus.self, ["cluster", "show", name])
             #expect(cluster.cluster.state == .running)
@@ -34,13 +36,15 @@ import VCModel
                 #expect(booted[vm.name] == "\(Build.bootMarker) host=\(vm.name) ip=\(vm.ip)")
             }
             // The cluster's names resolve through its own DNS.
-            let dig = try await sh("dig", ["+short", "+time=2", "@\(cluster.cluster.network.gateway)", "\(vms[1]).\(name).vc"])
+            let dig = try await sh(
+                "dig", ["+short", "+time=2", "@\(cluster.cluster.network.gateway)", "\(vms[1]).\(name).vc"])
             #expect(dig.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == cluster.vms[1].ip, "\(dig)")
 
             // What one VM writes lands in its own snapshot only, never in the other's or the image.
             _ = try await bed.waitForConsoles(vms, marker: Build.wroteMarker)
             for vm in vms {
-                let own = try await sh("debugfs", ["-R", "cat /var/lib/peerless/id", "\(bed.poolPath)/disks/\(name)/\(vm).raw"])
+                let own = try await sh(
+                    "debugfs", ["-R", "cat /var/lib/peerless/id", "\(bed.poolPath)/disks/\(name)/\(vm).raw"])
                 #expect(own.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == vm, "\(own)")
             }
             let golden = try await sh("debugfs", ["-R", "cat /var/lib/peerless/id", "\(bed.poolPath)/images/tiny.raw"])

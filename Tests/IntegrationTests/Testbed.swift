@@ -8,9 +8,9 @@ import Testing
 import VCModel
 
 #if canImport(System)
-import System
+    import System
 #else
-import SystemPackage
+    import SystemPackage
 #endif
 
 enum Build {
@@ -153,7 +153,10 @@ final class Testbed {
         await bed.teardown()
     }
 
-    func configuration(hooks: String, accelerator: String, etcdEndpoint: String = "http://127.0.0.1:2379", libvirtURI: String = "qemu:///system") -> String {
+    func configuration(
+        hooks: String, accelerator: String, etcdEndpoint: String = "http://127.0.0.1:2379",
+        libvirtURI: String = "qemu:///system"
+    ) -> String {
         """
         node: \(node)
         stateDirectory: \(statePath)
@@ -185,7 +188,8 @@ final class Testbed {
     func start(hooks: String = "", accelerator: String = "tcg") async throws {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         try await startTGTD()
-        try configuration(hooks: hooks, accelerator: accelerator).write(toFile: configPath, atomically: true, encoding: .utf8)
+        try configuration(hooks: hooks, accelerator: accelerator).write(
+            toFile: configPath, atomically: true, encoding: .utf8)
         try await startVCD()
     }
 
@@ -245,7 +249,13 @@ final class Testbed {
     /// Runs vc against this testbed's vcd.
     @discardableResult
     func vc(_ args: [String]) async throws -> CommandResult {
-        try await sh("\(Build.binDirectory)/vc", args + ["--endpoint", "unix://\(socket)"])
+        let v = vcInvocation(args)
+        return try await sh(v.program, v.arguments)
+    }
+
+    /// The vc command line for this testbed, for running it from another task.
+    func vcInvocation(_ args: [String]) -> (program: String, arguments: [String]) {
+        ("\(Build.binDirectory)/vc", args + ["--endpoint", "unix://\(socket)"])
     }
 
     func vcJSON<T: Decodable>(_ type: T.Type, _ args: [String]) async throws -> T {
@@ -266,11 +276,15 @@ final class Testbed {
     }
 
     /// Waits until every VM printed `marker`; returns each VM's marker line.
-    func waitForConsoles(_ vms: [String], marker: String, timeout: Duration = .seconds(300)) async throws -> [String: String] {
+    func waitForConsoles(_ vms: [String], marker: String, timeout: Duration = .seconds(300)) async throws -> [String:
+        String]
+    {
         try await eventually("\(marker) on \(vms.joined(separator: ", "))", timeout: timeout, every: .seconds(1)) {
             var lines: [String: String] = [:]
             for vm in vms {
-                if let line = try await console(vm).split(whereSeparator: \.isNewline).first(where: { $0.contains(marker) }) {
+                if let line = try await console(vm).split(whereSeparator: \.isNewline).first(where: {
+                    $0.contains(marker)
+                }) {
                     lines[vm] = line.trimmingCharacters(in: .whitespacesAndNewlines)
                 }
             }
@@ -279,39 +293,54 @@ final class Testbed {
     }
 
     func etcdKeys() async throws -> [String] {
-        try await sh("etcdctl", ["get", "--prefix", prefix, "--keys-only"]).stdout.split(separator: "\n").map(String.init)
-            .filter { !$0.isEmpty }
+        try await sh("etcdctl", ["get", "--prefix", prefix, "--keys-only"]).stdout.split(separator: "\n").map(
+            String.init
+        )
+        .filter { !$0.isEmpty }
     }
 
     func domainNames() async throws -> [String] {
-        try await sh("virsh", ["-c", "qemu:///system", "list", "--all", "--name"]).stdout.split(separator: "\n").map(String.init)
-            .filter { !$0.isEmpty }
+        try await sh("virsh", ["-c", "qemu:///system", "list", "--all", "--name"]).stdout.split(separator: "\n").map(
+            String.init
+        )
+        .filter { !$0.isEmpty }
     }
 
     func domainState(_ name: String) async throws -> String {
-        try await sh("virsh", ["-c", "qemu:///system", "domstate", name]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        try await sh("virsh", ["-c", "qemu:///system", "domstate", name]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines)
     }
 
-    func bridgeExists(_ name: String) async throws -> Bool { try await sh("ip", ["link", "show", "dev", name]).status == 0 }
+    func bridgeExists(_ name: String) async throws -> Bool {
+        try await sh("ip", ["link", "show", "dev", name]).status == 0
+    }
 
     /// Every trace a cluster could leave on the host and in the catalog. Empty means clean.
     func leftovers(of cluster: String, vms: Int, bridge: String?) async throws -> [String] {
         var found: [String] = []
         let names = (1...vms).map { "\(cluster)-\($0)" }
         found += try await domainNames().filter { names.contains($0) }.map { "domain \($0)" }
-        found += try await targets().filter { t in names.contains { t.iqn.hasSuffix("disk.\($0)") } }.map { "target \($0.iqn)" }
+        found += try await targets().filter { t in names.contains { t.iqn.hasSuffix("disk.\($0)") } }.map {
+            "target \($0.iqn)"
+        }
         for dir in ["disks", "saves"] {
             let path = "\(poolPath)/\(dir)/\(cluster)"
             if FileManager.default.fileExists(atPath: path) {
-                found.append("pool \(dir)/\(cluster): \((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [])")
+                found.append(
+                    "pool \(dir)/\(cluster): \((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [])")
             }
         }
         if let bridge, try await bridgeExists(bridge) { found.append("bridge \(bridge)") }
-        if let bridge, FileManager.default.fileExists(atPath: "\(statePath)/net/\(bridge).pid") { found.append("dnsmasq of \(bridge)") }
-        found += try await etcdKeys().filter { $0.contains("/clusters/\(cluster)") || $0.contains("/ops/\(cluster)") }.map {
-            "key \($0)"
+        if let bridge, FileManager.default.fileExists(atPath: "\(statePath)/net/\(bridge).pid") {
+            found.append("dnsmasq of \(bridge)")
         }
-        if FileManager.default.fileExists(atPath: "\(statePath)/consoles/\(cluster)") { found.append("consoles of \(cluster)") }
+        found += try await etcdKeys().filter { $0.contains("/clusters/\(cluster)") || $0.contains("/ops/\(cluster)") }
+            .map {
+                "key \($0)"
+            }
+        if FileManager.default.fileExists(atPath: "\(statePath)/consoles/\(cluster)") {
+            found.append("consoles of \(cluster)")
+        }
         return found
     }
 
@@ -334,8 +363,12 @@ final class Testbed {
                 _ = try? await sh("virsh", ["-c", "qemu:///system", "undefine", name])
             }
         }
-        for file in (try? FileManager.default.contentsOfDirectory(atPath: "\(statePath)/net")) ?? [] where file.hasSuffix(".pid") {
-            if let pid = Int32(((try? String(contentsOfFile: "\(statePath)/net/\(file)", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) {
+        for file in (try? FileManager.default.contentsOfDirectory(atPath: "\(statePath)/net")) ?? []
+        where file.hasSuffix(".pid") {
+            if let pid = Int32(
+                ((try? String(contentsOfFile: "\(statePath)/net/\(file)", encoding: .utf8)) ?? "").trimmingCharacters(
+                    in: .whitespacesAndNewlines))
+            {
                 kill(pid, SIGTERM)
             }
             let bridge = String(file.dropLast(4))
@@ -355,12 +388,35 @@ func tail(_ path: String, lines: Int = 20) -> String {
 
 extension Testbed {
     func vcnodeStatus() async throws -> NodeStatus {
-        let r = try await sh("\(Build.binDirectory)/vcnode", ["status", "--endpoint", "unix://\(socket)", "--output", "json"])
+        let r = try await sh(
+            "\(Build.binDirectory)/vcnode", ["status", "--endpoint", "unix://\(socket)", "--output", "json"])
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
         guard let s = try? decoder.decode(NodeStatus.self, from: Data(r.stdout.utf8)) else {
             throw TestbedError.startFailed("vcnode status: \(r)")
         }
         return s
+    }
+}
+
+extension Testbed {
+    /// The cluster's record straight from etcd (works while vcd is down).
+    func catalogCluster(_ name: String) async throws -> VirtualCluster? {
+        let r = try await sh("etcdctl", ["get", "\(prefix)/clusters/\(name)", "--print-value-only"])
+        let text = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !text.isEmpty else { return nil }
+        struct Envelope: Decodable { var value: VirtualCluster }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return try decoder.decode(Envelope.self, from: Data(text.utf8)).value
+    }
+
+    /// Runs vcd in the foreground with this testbed's configuration rewritten by `edit`,
+    /// for start-up failures; returns how it ended.
+    func runVCDExpectingFailure(_ edit: (String) -> String) async throws -> CommandResult {
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let path = "\(root)/failing.yaml"
+        try edit(configuration(hooks: "", accelerator: "tcg")).write(toFile: path, atomically: true, encoding: .utf8)
+        return try await sh("\(Build.binDirectory)/vcd", ["-c", path])
     }
 }

@@ -1,0 +1,213 @@
+import Foundation
+import Testing
+import VCModel
+
+/// Failures midway and crashes: nothing is ever left half-made.
+@Suite(.serialized) struct RollbackAndRecoveryTests {
+    /// vcd names the bridge when it plans a cluster: "… (vcbrN)".
+    func plannedBridge(_ output: String) -> String? {
+        guard let open = output.range(of: "(vcbr") else { return nil }
+        let rest = output[open.upperBound...]
+        guard let close = rest.firstIndex(of: ")") else { return nil }
+        return "vcbr" + rest[..<close]
+    }
+
+    @Test(.timeLimit(.minutes(10)))
+    func createFailingAfterTheSecondVMUndoesEverythingItMade() async throws {
+        try await Testbed.with(hooks: "testing:\n  failCreateAfterVMs: 2") { bed in
+            try await bed.importTiny()
+            let name = "rb-\(bed.id)"
+            let r = try await bed.vc(["cluster", "create", name, "--image", "tiny", "--vms", "3", "--memory", "128M"])
+            #expect(r.status == 1, "\(r)")
+            let lastLine = r.stderr.split(whereSeparator: \.isNewline).last.map(String.init) ?? ""
+            #expect(lastLine.hasPrefix("vc: injected failure after 2 VMs"), "\(r)")
+            #expect(lastLine.hasSuffix("(rolled back)"))
+            // Two VMs were complete (defined and started) before the failure: all undone.
+            #expect(r.stderr.contains("undo define \(name)-1"))
+            let bridge = try #require(plannedBridge(r.stderr))
+            #expect(try await bed.leftovers(of: name, vms: 3, bridge: bridge) == [])
+            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+            #expect(try await bed.etcdKeys().filter { $0.contains("/subnets/") || $0.contains("/ops/") }.isEmpty)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(10)))
+    func vcdKilledDuringCreateUndoesItWhenItStartsAgain() async throws {
+        try await Testbed.with(hooks: "testing:\n  stepDelayMilliseconds: 300") { bed in
+            try await bed.importTiny()
+            let name = "kc-\(bed.id)"
+            let vc = bed.vcInvocation(["cluster", "create", name, "--image", "tiny", "--vms", "3", "--memory", "128M"])
+            let client = Task { try await sh(vc.program, vc.arguments) }
+            _ = try await eventually("the first domain of \(name)", timeout: .seconds(60), every: .milliseconds(100)) {
+                let names = try await bed.domainNames()
+                return (names.contains("\(name)-1") ? true : nil, "\(names)")
+            }
+            bed.stopVCD(signal: SIGKILL)
+            let interrupted = try await client.value
+            #expect(interrupted.status != 0)
+            let journal = try await bed.etcdKeys()
+            #expect(journal.contains { $0.hasSuffix("/ops/\(name)") }, "the journal outlives the crash: \(journal)")
+            let cluster = try #require(try await bed.catalogCluster(name))
+            #expect(cluster.state == .creating)
+            #expect(try await bed.domainNames().contains("\(name)-1"), "the crash left a half-made cluster to recover")
+
+            try await bed.startVCD()
+            _ = try await eventually("the interrupted create to be undone", timeout: .seconds(120)) {
+                let left = try await bed.leftovers(of: name, vms: 3, bridge: cluster.network.bridge)
+                return (left.isEmpty ? true : nil, "\(left)")
+            }
+            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(10)))
+    func vcdKilledDuringDestroyFinishesItWhenItStartsAgain() async throws {
+        try await Testbed.with(hooks: "testing:\n  stepDelayMilliseconds: 300") { bed in
+            try await bed.importTiny()
+            let name = "kd-\(bed.id)"
+            let created = try await bed.vc([
+                "cluster", "create", name, "--image", "tiny", "--vms", "2", "--memory", "128M",
+            ])
+            #expect(created.status == 0, "\(created)")
+            let cluster = try #require(try await bed.catalogCluster(name))
+
+            let vc = bed.vcInvocation(["cluster", "destroy", name])
+            let client = Task { try await sh(vc.program, vc.arguments) }
+            _ = try await eventually("the destroy to start", timeout: .seconds(30), every: .milliseconds(100)) {
+                let c = try await bed.catalogCluster(name)
+                return (c?.state == .destroying ? true : nil, "\(c?.state.rawValue ?? "gone")")
+            }
+            try await Task.sleep(for: .milliseconds(700))
+            bed.stopVCD(signal: SIGKILL)
+            _ = try await client.value
+            // Killed midway: the network goes last, so it is still there.
+            #expect(try await bed.bridgeExists(cluster.network.bridge))
+            #expect(try await bed.catalogCluster(name)?.state == .destroying)
+
+            try await bed.startVCD()
+            _ = try await eventually("the interrupted destroy to finish", timeout: .seconds(120)) {
+                let left = try await bed.leftovers(of: name, vms: 2, bridge: cluster.network.bridge)
+                return (left.isEmpty ? true : nil, "\(left)")
+            }
+            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+        }
+    }
+}
+
+/// Bad input and missing daemons: one line that says what is wrong and what to do, a
+/// distinct exit code, and nothing left behind.
+@Suite(.serialized) struct BadInputTests {
+    @Test(.timeLimit(.minutes(10)))
+    func badRequestsGetOneLineErrorsAndLeaveNothing() async throws {
+        try await Testbed.with { bed in
+            try await bed.importTiny()
+            let junk = "\(bed.root)/notes.txt"
+            try "this is not a disk\n".write(toFile: junk, atomically: true, encoding: .utf8)
+            let cases: [([String], Int32, String)] = [
+                (
+                    ["cluster", "create", "x1", "--image", "nope", "--vms", "1"], 3,
+                    "no image named 'nope'; known images: tiny"
+                ),
+                (["cluster", "create", "x2", "--image", "tiny", "--vms", "0"], 2, "must be between 1 and 240, not 0"),
+                (["cluster", "create", "x3", "--image", "tiny", "--vms=-2"], 2, "not -2"),
+                (["cluster", "create", "x4", "--image", "tiny", "--vms", "100000"], 2, "not 100000"),
+                (
+                    ["cluster", "create", "x5", "--image", "tiny", "--vms", "1", "--memory", "0"], 2,
+                    "invalid memory '0'"
+                ),
+                (
+                    ["cluster", "create", "x6", "--image", "tiny", "--vms", "1", "--memory", "lots"], 2,
+                    "invalid memory 'lots'"
+                ),
+                (
+                    ["cluster", "create", "x7", "--image", "tiny", "--vms", "4", "--memory", "512G"], 2,
+                    "not enough memory"
+                ),
+                (["cluster", "create", "x8", "--image", "tiny", "--vms", "1", "--vcpus", "4096"], 2, "vCPUs"),
+                (
+                    ["cluster", "create", "Bad_Name", "--image", "tiny", "--vms", "1"], 2,
+                    "invalid cluster name 'Bad_Name'"
+                ),
+                (["cluster", "create", "a.b", "--image", "tiny", "--vms", "1"], 2, "'.' is not allowed"),
+                (["image", "import", "junk", junk], 2, "is not a disk image"),
+                (["image", "import", "Bad.Name", Build.tinyImage], 2, "invalid image name"),
+                (["image", "import", "tiny", Build.tinyImage], 4, "image 'tiny' already exists"),
+                (["image", "import", "gone", "\(bed.root)/missing.img"], 2, "cannot read"),
+                (["cluster", "show", "ghost"], 3, "no cluster named 'ghost'"),
+                (["cluster", "suspend", "ghost"], 3, "no cluster named 'ghost'"),
+                (["vm", "console", "ghost-1"], 3, "no VM named 'ghost-1'"),
+            ]
+            for (args, code, text) in cases {
+                let r = try await bed.vc(args)
+                let lines = r.stderr.split(whereSeparator: \.isNewline)
+                #expect(r.status == code, "vc \(args.joined(separator: " ")): \(r)")
+                #expect(
+                    lines.count == 1 && lines[0].hasPrefix("vc: ") && r.stderr.contains(text),
+                    "vc \(args.joined(separator: " ")): \(r)")
+            }
+
+            // A duplicate name is refused and the existing cluster is untouched.
+            let name = "dup-\(bed.id)"
+            #expect(
+                try await bed.vc(["cluster", "create", name, "--image", "tiny", "--vms", "1", "--memory", "128M"])
+                    .status == 0)
+            let again = try await bed.vc([
+                "cluster", "create", name, "--image", "tiny", "--vms", "1", "--memory", "128M",
+            ])
+            #expect(again.status == 4, "\(again)")
+            #expect(again.stderr == "vc: cluster '\(name)' already exists\n")
+            #expect(
+                try await bed.vcJSON(ClusterStatus.self, ["cluster", "show", name]).vms.map(\.domain) == ["running"])
+            #expect(try await bed.vc(["cluster", "destroy", name]).status == 0)
+
+            // Nothing left by any of them.
+            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+            #expect(try await bed.vcJSON([GoldenImage].self, ["image", "list"]).map(\.name) == ["tiny"])
+            #expect(try await bed.targets().isEmpty)
+            let ours = try await bed.domainNames().filter { $0.hasPrefix("x") || $0.hasPrefix("dup-\(bed.id)") }
+            #expect(ours.isEmpty)
+            #expect(try await bed.etcdKeys().filter { !$0.contains("/images/") && !$0.contains("/nodes/") }.isEmpty)
+            #expect(FileManager.default.fileExists(atPath: "\(bed.poolPath)/images/junk.raw") == false)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func createWithTgtdDownFailsInOneLineAndMakesNothing() async throws {
+        try await Testbed.with { bed in
+            try await bed.importTiny()
+            try await bed.stopTGTD()
+            let name = "nt-\(bed.id)"
+            let r = try await bed.vc(["cluster", "create", name, "--image", "tiny", "--vms", "2", "--memory", "128M"])
+            #expect(r.status == 5, "\(r)")
+            #expect(r.stderr.hasPrefix("vc: the iSCSI target daemon (tgtd) is not available"), "\(r)")
+            #expect(r.stderr.split(whereSeparator: \.isNewline).count == 1)
+            #expect(try await bed.leftovers(of: name, vms: 2, bridge: nil) == [])
+            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+            let status = try await bed.vcnodeStatus()
+            #expect(status.daemons.first { $0.name == "tgtd" }?.healthy == false)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func vcdRefusesToStartWithoutEtcdLibvirtdOrTgtdAndSaysWhich() async throws {
+        let bed = Testbed()
+        defer { try? FileManager.default.removeItem(atPath: bed.root) }
+        let noEtcd = try await bed.runVCDExpectingFailure {
+            $0.replacingOccurrences(of: "http://127.0.0.1:2379", with: "http://127.0.0.1:1")
+        }
+        #expect(noEtcd.status == 1)
+        #expect(noEtcd.stderr.contains("vcd: the catalog (etcd at http://127.0.0.1:1) is not reachable"), "\(noEtcd)")
+        let noLibvirt = try await bed.runVCDExpectingFailure {
+            $0.replacingOccurrences(of: "qemu:///system", with: "qemu:///system?socket=/nonexistent/libvirt-sock")
+        }
+        #expect(noLibvirt.status == 1)
+        #expect(noLibvirt.stderr.contains("vcd: libvirtd is not answering"), "\(noLibvirt)")
+        // No tgtd listens on this testbed's control port: it was never started.
+        let noTgtd = try await bed.runVCDExpectingFailure { $0 }
+        #expect(noTgtd.status == 1)
+        #expect(noTgtd.stderr.contains("vcd: the iSCSI target daemon (tgtd) is not available"), "\(noTgtd)")
+        let noVCD = try await bed.vc(["cluster", "list"])
+        #expect(noVCD.status == 6)
+        #expect(noVCD.stderr.hasPrefix("vc: no vcd answers at unix://\(bed.socket)"), "\(noVCD)")
+    }
+}
