@@ -88,6 +88,15 @@ let package = Package(
             dependencies: ["VCDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(name: "vc", dependencies: ["VCCommands"]),
+        // Measures the storage path in-process for bench/; not installed.
+        .executableTarget(
+            name: "peerless-bench",
+            dependencies: [
+                "VCStorage", "VCHost", "ISCSI", "VCModel",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(name: "vcnode", dependencies: ["VCCommands"]),
 
         .testTarget(name: "UnitTests", dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon"]),

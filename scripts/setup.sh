@@ -10,7 +10,7 @@ packages=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   qemu-system-x86 qemu-utils qemu-block-extra
   tgt libiscsi-bin
-  btrfs-progs xfsprogs e2fsprogs util-linux
+  btrfs-progs xfsprogs e2fsprogs util-linux fdisk
   etcd-server etcd-client
   dnsmasq-base iproute2
   # image recipes

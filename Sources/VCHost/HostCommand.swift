@@ -1,8 +1,16 @@
 // VCHost: runs host programs (tgtadm, ip, dnsmasq, qemu-img, mkfs, mount) through
 // swift-subprocess: no shell, arguments as an array, bounded output, a deadline.
 // It knows nothing about what the programs are for.
+import Foundation
 import Logging
 import Subprocess
+import Synchronization
+
+#if canImport(System)
+    import System
+#else
+    import SystemPackage
+#endif
 
 /// A host program that could not be run or did not succeed.
 public struct CommandError: Error, Sendable, CustomStringConvertible {
@@ -42,7 +50,7 @@ public enum HostCommand {
         do {
             result = try await withDeadline(timeout) {
                 try await Subprocess.run(
-                    .name(program), arguments: Arguments(arguments),
+                    executable(program), arguments: Arguments(arguments),
                     output: .string(limit: outputLimit), error: .string(limit: outputLimit))
             }
         } catch let e as CommandError {
@@ -69,6 +77,25 @@ public enum HostCommand {
         } catch {
             return false
         }
+    }
+
+    private static let resolved = Mutex<[String: String]>([:])
+
+    /// The program's absolute path, looked up on PATH once per process. Spawning by name
+    /// costs a failed exec per PATH entry before the right one, every time (several ms
+    /// per tgtadm call on a long PATH).
+    static func executable(_ program: String) -> Executable {
+        if program.hasPrefix("/") { return .path(FilePath(program)) }
+        if let known = resolved.withLock({ $0[program] }) { return .path(FilePath(known)) }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"
+        for dir in path.split(separator: ":") {
+            let candidate = "\(dir)/\(program)"
+            if FileManager.default.isExecutableFile(atPath: candidate) {
+                resolved.withLock { $0[program] = candidate }
+                return .path(FilePath(candidate))
+            }
+        }
+        return .name(program)
     }
 
     private static func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T)

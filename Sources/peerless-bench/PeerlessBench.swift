@@ -1,0 +1,116 @@
+// peerless-bench: times the storage path of a VM disk in-process, with the same code vcd
+// runs (StoragePool.clone, TargetExporter.export, ISCSIClient.verifyDisk). bench/*.sh call
+// it and measure their references in the same run.
+import ArgumentParser
+import Foundation
+import ISCSI
+import Logging
+import VCHost
+import VCModel
+import VCStorage
+
+@main
+struct PeerlessBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "peerless-bench", abstract: "Storage-path timings for bench/.",
+        subcommands: [Clone.self, Provision.self, Spawn.self])
+}
+
+struct Timings: Encodable {
+    var runs: Int
+    var medianMs: Double
+    var minMs: Double
+    var maxMs: Double
+
+    init(_ samples: [Duration]) {
+        let ms = samples.map { Double($0.components.attoseconds) / 1e15 + Double($0.components.seconds) * 1000 }
+            .sorted()
+        runs = ms.count
+        medianMs = ms[ms.count / 2]
+        minMs = ms.first ?? 0
+        maxMs = ms.last ?? 0
+    }
+
+    func print() {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        Swift.print(String(decoding: try! e.encode(self), as: UTF8.self))
+    }
+}
+
+func makePool(_ path: String) -> StoragePool {
+    var logger = Logger(label: "bench")
+    logger.logLevel = .warning
+    return StoragePool(configuration: PoolConfiguration(path: path), logger: logger)
+}
+
+struct Clone: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Reflink-clone a pool file N times; keep the last clone.")
+    @Option(help: "Pool root (must reflink).") var pool: String
+    @Option(help: "Pool-relative source file.") var source: String
+    @Option(help: "Pool-relative name of the clone to keep.") var keep: String
+    @Option var runs = 10
+
+    func run() async throws {
+        let p = makePool(pool)
+        var samples: [Duration] = []
+        for i in 0..<runs {
+            let target = i == runs - 1 ? keep : "bench-clone-\(i).raw"
+            try? p.remove(target)
+            let t0 = ContinuousClock.now
+            try p.clone(source, to: target)
+            samples.append(ContinuousClock.now - t0)
+            if i != runs - 1 { try p.remove(target) }
+        }
+        Timings(samples).print()
+    }
+}
+
+struct Provision: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Provision a VM disk N times: clone, export over iSCSI, check it with libiscsi.")
+    @Option(help: "Pool root (must reflink).") var pool: String
+    @Option(help: "Pool-relative golden image.") var image: String
+    @Option var portal = "127.0.0.1:3260"
+    @Option var runs = 20
+
+    func run() async throws {
+        var logger = Logger(label: "bench")
+        logger.logLevel = .warning
+        let p = makePool(pool)
+        let exporter = TargetExporter(logger: logger)
+        let initiator = Naming.initiatorIQN(node: "bench")
+        let iscsi = ISCSIClient(initiator: initiator)
+        let size = try p.size(image)
+        var samples: [Duration] = []
+        for i in 0..<runs {
+            let file = "disks/bench/bench-\(i).raw"
+            let iqn = Naming.diskIQN(vm: "bench-\(i)")
+            let t0 = ContinuousClock.now
+            try p.clone(image, to: file)
+            _ = try await exporter.export(iqn: iqn, file: p.path(file), initiators: [initiator])
+            _ = try await iscsi.verifyDisk(ISCSITarget(portal: portal, iqn: iqn), expectedBytes: size)
+            samples.append(ContinuousClock.now - t0)
+            try await exporter.unexport(iqn: iqn)
+            try p.remove(file)
+        }
+        try await iscsi.shutdown()
+        Timings(samples).print()
+    }
+}
+
+struct Spawn: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Time running a trivial host program (the cost under every tgtadm call).")
+    @Option var runs = 50
+
+    func run() async throws {
+        var samples: [Duration] = []
+        for _ in 0..<runs {
+            let t0 = ContinuousClock.now
+            try await HostCommand.run("true", [])
+            samples.append(ContinuousClock.now - t0)
+        }
+        Timings(samples).print()
+    }
+}
