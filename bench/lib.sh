@@ -7,7 +7,8 @@ BENCH=/var/tmp/peerless-bench
 POOL=$BENCH/pool
 BIN=$(swift build --show-bin-path)
 SOCKET=$BENCH/vcd.sock
-VC=("$BIN/vc" --endpoint "unix://$SOCKET")
+# vc against the bench vcd (options go after the subcommand).
+bvc() { "$BIN/vc" "$@" --endpoint "unix://$SOCKET"; }
 mkdir -p "$BENCH"
 
 ms() { date +%s%N; }
@@ -33,16 +34,23 @@ pool: {path: $POOL, embeddedImage: $BENCH/pool.img}
 network: {prefix: "10.79"}
 accelerator: {mode: tcg}
 YAML
-  "$BIN/vcd" -c "$BENCH/vcd.yaml" >>"$BENCH/vcd.log" 2>&1 &
+  "$BIN/vcd" -c "$BENCH/vcd.yaml" ${BENCH_LOG_LEVEL:+--log-level $BENCH_LOG_LEVEL} >>"$BENCH/vcd.log" 2>&1 &
   echo $! >"$BENCH/vcd.pid"
-  for _ in $(seq 1 120); do "${VC[@]}" node list >/dev/null 2>&1 && return 0; sleep 0.5; done
-  echo "bench: vcd did not start; see $BENCH/vcd.log" >&2
+  for _ in $(seq 1 120); do bvc node list >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "bench: vcd did not start:" >&2; tail -5 "$BENCH/vcd.log" >&2
   return 1
 }
 
 cleanup() {
   if [ -f "$BENCH/vcd.pid" ]; then
-    for c in $("${VC[@]}" cluster list -o json 2>/dev/null | jq -r '.[].name'); do "${VC[@]}" cluster destroy "$c" >/dev/null 2>&1 || true; done
+    local failed=0
+    for c in $(bvc cluster list -o json 2>/dev/null | jq -r '.[].name'); do
+      bvc cluster destroy "$c" >/dev/null 2>"$BENCH/destroy.err" || { failed=1; cat "$BENCH/destroy.err" >&2; }
+    done
+    if [ "$failed" = 1 ]; then
+      echo "bench: a cluster could not be destroyed; its state is kept in $BENCH and under /peerless-bench" >&2
+      return 1
+    fi
     kill -TERM "$(cat "$BENCH/vcd.pid")" 2>/dev/null || true
     while kill -0 "$(cat "$BENCH/vcd.pid")" 2>/dev/null; do sleep 0.1; done
     rm -f "$BENCH/vcd.pid"

@@ -38,9 +38,16 @@ public final class Domain: @unchecked Sendable {
 
     public var isActive: Bool { virDomainIsActive(handle) == 1 }
 
-    /// Starts the domain (restoring a managed save image if it has one).
-    public func start() throws(LibvirtError) {
-        guard virDomainCreate(handle) == 0 else { throw LibvirtError.last("virDomainCreate(\(name))") }
+    /// Starts the domain (restoring a managed save image if it has one), optionally with
+    /// its vCPUs paused until `resume()`.
+    public func start(paused: Bool = false) throws(LibvirtError) {
+        let flags = paused ? VIR_DOMAIN_START_PAUSED.rawValue : 0
+        guard virDomainCreateWithFlags(handle, flags) == 0 else { throw LibvirtError.last("virDomainCreate(\(name))") }
+    }
+
+    /// Lets a paused domain's vCPUs run.
+    public func resume() throws(LibvirtError) {
+        guard virDomainResume(handle) == 0 else { throw LibvirtError.last("virDomainResume(\(name))") }
     }
 
     /// Stops it at once, like pulling the power cord.

@@ -82,9 +82,11 @@ public final class LibvirtConnection: @unchecked Sendable {
         return (0..<Int(n)).compactMap { list[$0].map(Domain.init) }
     }
 
-    /// Restores a domain from a memory image written by `Domain.save(to:)`; it runs again.
-    public func restore(from path: String) throws(LibvirtError) {
-        guard virDomainRestoreFlags(handle, path, nil, UInt32(VIR_DOMAIN_SAVE_RUNNING.rawValue)) == 0 else {
+    /// Restores a domain from a memory image written by `Domain.save(to:)`: running, or
+    /// paused until `Domain.resume()`.
+    public func restore(from path: String, paused: Bool = false) throws(LibvirtError) {
+        let flags = paused ? VIR_DOMAIN_SAVE_PAUSED.rawValue : VIR_DOMAIN_SAVE_RUNNING.rawValue
+        guard virDomainRestoreFlags(handle, path, nil, UInt32(flags)) == 0 else {
             throw LibvirtError.last("virDomainRestoreFlags(\(path))")
         }
     }

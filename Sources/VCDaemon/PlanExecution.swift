@@ -16,7 +16,7 @@ struct PlanExecution: Sendable {
         let counter = StepCounter()
         for step in plan.shared {
             try Task.checkCancellation()
-            try await runner.perform(step)
+            try await timed(step)
             events.yield(.step(step.description, completed: await counter.next(), total: total))
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -24,7 +24,7 @@ struct PlanExecution: Sendable {
                 group.addTask {
                     for step in chain {
                         try Task.checkCancellation()
-                        try await runner.perform(step)
+                        try await timed(step)
                         events.yield(.step(step.description, completed: await counter.next(), total: total))
                     }
                     try machineCompleted(await counter.machineDone())
@@ -33,6 +33,22 @@ struct PlanExecution: Sendable {
             // The first failure cancels the other chains; rollback then undoes them all.
             try await group.waitForAll()
         }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for step in plan.final {
+                group.addTask {
+                    try await timed(step)
+                    events.yield(.step(step.description, completed: await counter.next(), total: total))
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    private func timed(_ step: Step) async throws {
+        let started = ContinuousClock.now
+        try await runner.perform(step)
+        let ms = (ContinuousClock.now - started) / .milliseconds(1)
+        runner.node.logger.debug("step done", metadata: ["step": "\(step)", "ms": "\(Int(ms))"])
     }
 
     /// Returns the failures, as text; empty when everything was undone.

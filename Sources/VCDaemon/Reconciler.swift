@@ -76,13 +76,17 @@ public struct Reconciler: Service, CustomStringConvertible {
                     for vm in cluster.vms where vm.node == node.name {
                         try await runner.perform(.export(vm: vm.name))
                         let active = try await node.hypervisor.run { try $0.domain(named: vm.name)?.isActive ?? false }
-                        if !active {
+                        if active {
+                            // A crash between start and release leaves it paused.
+                            try await runner.perform(.release(vm: vm.name))
+                        } else {
                             node.logger.notice("starting a VM that should run", metadata: ["vm": "\(vm.name)"])
                             try await runner.perform(.verify(vm: vm.name))
                             if try await node.hypervisor.run({ try $0.domain(named: vm.name) == nil }) {
                                 try await runner.perform(.define(vm: vm.name))
                             }
                             try await runner.perform(.start(vm: vm.name))
+                            try await runner.perform(.release(vm: vm.name))
                         }
                     }
                 } catch {

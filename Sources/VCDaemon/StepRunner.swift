@@ -64,6 +64,11 @@ struct StepRunner: Sendable {
             _ = try await node.hypervisor.run { try $0.define(xml: xml) }
         case .start(let name):
             try await start(vm(name))
+        case .release(let name):
+            try await node.hypervisor.run { conn in
+                guard let d = try conn.domain(named: name) else { throw DaemonError.failed("domain \(name) is not defined") }
+                if try d.state() == .paused { try d.resume() }
+            }
         case .save(let name):
             try await save(vm(name))
         }
@@ -81,7 +86,7 @@ struct StepRunner: Sendable {
             node.pool.removeDirectory("disks/\(cluster.name)")
         case .export(let name):
             try await node.exporter.unexport(iqn: vm(name).diskIQN)
-        case .verify:
+        case .verify, .release:
             break
         case .define(let name):
             try await undefine(name)
@@ -110,7 +115,8 @@ struct StepRunner: Sendable {
             sshKeys: cluster.spec.sshKeys)
     }
 
-    /// Starts a VM: restores its memory image when it has one (resume), boots it otherwise.
+    /// Starts a VM paused: restores its memory image when it has one (resume), boots it
+    /// otherwise. `.release` lets it run.
     private func start(_ m: VirtualMachine) async throws {
         let savePath = node.pool.path(m.saveFile)
         let hasImage = node.pool.exists(m.saveFile)
@@ -119,7 +125,7 @@ struct StepRunner: Sendable {
                 throw DaemonError.failed("domain \(m.name) is not defined")
             }
             if d.isActive { return }
-            if hasImage { try conn.restore(from: savePath) } else { try d.start() }
+            if hasImage { try conn.restore(from: savePath, paused: true) } else { try d.start(paused: true) }
         }
         if hasImage { try node.pool.remove(m.saveFile) }
     }

@@ -13,15 +13,20 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
     case verify(vm: String)
     /// The libvirt domain definition.
     case define(vm: String)
-    /// Start (or restore) the domain.
+    /// Start (or restore) the domain with its vCPUs paused.
     case start(vm: String)
+    /// Let a started domain's vCPUs run. Done for all VMs together at the end, so that the
+    /// first guests to boot do not starve the starts of the others, and the cluster comes
+    /// up as one.
+    case release(vm: String)
     /// Save the domain's memory to the pool and stop it.
     case save(vm: String)
 
     public var vm: String? {
         switch self {
         case .bridge, .dhcp: return nil
-        case .snapshot(let vm), .export(let vm), .verify(let vm), .define(let vm), .start(let vm), .save(let vm):
+        case .snapshot(let vm), .export(let vm), .verify(let vm), .define(let vm), .start(let vm), .release(let vm),
+            .save(let vm):
             return vm
         }
     }
@@ -35,19 +40,21 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
         case .verify(let vm): return "verify \(vm)"
         case .define(let vm): return "define \(vm)"
         case .start(let vm): return "start \(vm)"
+        case .release(let vm): return "release \(vm)"
         case .save(let vm): return "save \(vm)"
         }
     }
 }
 
 /// The steps of an operation: a shared part done first (network), then one chain per VM,
-/// run in parallel. Undo runs the VM chains backwards in parallel, then the shared part
-/// backwards.
+/// run in parallel, then the final steps, also in parallel. Undo runs the VM chains
+/// backwards in parallel, then the shared part backwards.
 public struct ClusterPlan: Sendable, Equatable {
     public var shared: [Step]
     public var machines: [[Step]]
+    public var final: [Step] = []
 
-    public var allSteps: [Step] { shared + machines.flatMap { $0 } }
+    public var allSteps: [Step] { shared + machines.flatMap { $0 } + final }
 
     /// Creating a cluster.
     public static func create(_ cluster: VirtualCluster) -> ClusterPlan {
@@ -58,7 +65,8 @@ public struct ClusterPlan: Sendable, Equatable {
                     .snapshot(vm: $0.name), .export(vm: $0.name), .verify(vm: $0.name), .define(vm: $0.name),
                     .start(vm: $0.name),
                 ]
-            }
+            },
+            final: cluster.vms.map { .release(vm: $0.name) }
         )
     }
 
@@ -84,7 +92,8 @@ public struct ClusterPlan: Sendable, Equatable {
     public static func resume(_ cluster: VirtualCluster) -> ClusterPlan {
         ClusterPlan(
             shared: [.bridge, .dhcp],
-            machines: cluster.vms.map { [.export(vm: $0.name), .verify(vm: $0.name), .start(vm: $0.name)] }
+            machines: cluster.vms.map { [.export(vm: $0.name), .verify(vm: $0.name), .start(vm: $0.name)] },
+            final: cluster.vms.map { .release(vm: $0.name) }
         )
     }
 }

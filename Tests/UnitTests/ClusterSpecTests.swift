@@ -100,6 +100,8 @@ import Testing
             plan.machines[1] == [
                 .snapshot(vm: "a-2"), .export(vm: "a-2"), .verify(vm: "a-2"), .define(vm: "a-2"), .start(vm: "a-2"),
             ])
+        // Every VM starts paused; all are released together at the end.
+        #expect(plan.final == [.release(vm: "a-1"), .release(vm: "a-2")])
     }
 
     @Test func teardownUndoesTheCreateBackwardsWithoutChecks() throws {
@@ -117,6 +119,8 @@ import Testing
             now: now)
         #expect(ClusterPlan.resume(c).shared == [.bridge, .dhcp])
         #expect(ClusterPlan.resume(c).machines[0] == [.export(vm: "a-1"), .verify(vm: "a-1"), .start(vm: "a-1")])
+        #expect(ClusterPlan.resume(c).final == [.release(vm: "a-1")])
+        #expect(ClusterPlan.teardown(c).final.isEmpty)
         #expect(ClusterPlan.suspend(c).machines[0] == [.save(vm: "a-1")])
     }
 
