@@ -33,6 +33,7 @@ etcd: {prefix: /peerless-bench}
 pool: {path: $POOL, embeddedImage: $BENCH/pool.img}
 network: {prefix: "10.79"}
 accelerator: {mode: tcg}
+reconcileIntervalSeconds: 0
 YAML
   "$BIN/vcd" -c "$BENCH/vcd.yaml" ${BENCH_LOG_LEVEL:+--log-level $BENCH_LOG_LEVEL} >>"$BENCH/vcd.log" 2>&1 &
   echo $! >"$BENCH/vcd.pid"
@@ -44,7 +45,7 @@ YAML
 cleanup() {
   if [ -f "$BENCH/vcd.pid" ]; then
     local failed=0
-    for c in $(bvc cluster list -o json 2>/dev/null | jq -r '.[].name'); do
+    for c in $(bvc cluster list -o json 2>/dev/null | jq -r '.[].spec.name'); do
       bvc cluster destroy "$c" >/dev/null 2>"$BENCH/destroy.err" || { failed=1; cat "$BENCH/destroy.err" >&2; }
     done
     if [ "$failed" = 1 ]; then

@@ -16,7 +16,7 @@ if ! "$vc" image list -o json | jq -e '.[] | select(.name == "tiny" and .state =
   "$vc" image import tiny images/build/tiny.img
 fi
 
-state=$("$vc" cluster list -o json | jq -r '.[] | select(.name == "demo") | .state')
+state=$("$vc" cluster list -o json | jq -r '.[] | select(.spec.name == "demo") | .state')
 case "$state" in
   "") "$vc" cluster create demo --image tiny --vms 3 --memory 256M >/dev/null ;;
   running) echo "cluster demo exists already" ;;

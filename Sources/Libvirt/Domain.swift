@@ -64,8 +64,11 @@ public final class Domain: @unchecked Sendable {
     }
 
     /// Saves memory and device state to `path` and stops the domain; the definition stays.
+    /// The image bypasses the host's page cache: it is written once and read once, and
+    /// must not evict what running guests need.
     public func save(to path: String) throws(LibvirtError) {
-        guard virDomainSaveFlags(handle, path, nil, UInt32(VIR_DOMAIN_SAVE_RUNNING.rawValue)) == 0 else {
+        let flags = VIR_DOMAIN_SAVE_RUNNING.rawValue | VIR_DOMAIN_SAVE_BYPASS_CACHE.rawValue
+        guard virDomainSaveFlags(handle, path, nil, UInt32(flags)) == 0 else {
             throw LibvirtError.last("virDomainSaveFlags(\(name))")
         }
     }

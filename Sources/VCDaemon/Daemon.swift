@@ -60,7 +60,6 @@ public enum Daemon {
                 "cannot listen on \(configuration.api.host):\(configuration.api.port): address in use; is another vcd running?"
             )
         }
-        SystemdNotifier.stopping()
         try? await node.hypervisor.shutdown()
         try? await node.iscsi.shutdown()
     }

@@ -21,6 +21,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var accelerator: AcceleratorConfiguration
     /// Lease TTL of the node's registration, in seconds.
     public var leaseTTLSeconds: Int
+    /// How often the reconciler re-makes what the catalog says should exist; 0 runs it
+    /// only at start (benchmarks that drive libvirt directly need that).
+    public var reconcileIntervalSeconds: Int
     /// Fault injection for tests only; never set in production.
     public var testing: TestingHooks
 
@@ -80,6 +83,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         iscsi = ISCSIConfiguration()
         accelerator = AcceleratorConfiguration()
         leaseTTLSeconds = 10
+        reconcileIntervalSeconds = 15
         testing = TestingHooks()
     }
 

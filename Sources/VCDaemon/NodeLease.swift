@@ -60,19 +60,21 @@ public struct NodeLease: Service, CustomStringConvertible {
                 node.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
                 await readiness.lease(held: false)
             }
-            try? await Task.sleep(for: .seconds(Double(ttl) / 3))
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(Double(ttl) / 3)) }
         }
         if let lease { try? await node.catalog.etcd.revoke(lease: lease) }
     }
 }
 
 /// Pings systemd's watchdog at half its interval while the node is healthy. A vcd that
-/// hangs, or that cannot keep its lease, stops pinging and is restarted by systemd.
+/// hangs, or that cannot keep its lease, stops pinging and is restarted by systemd. Says
+/// STOPPING=1 as soon as the graceful shutdown begins.
 public struct WatchdogService: Service, CustomStringConvertible {
     let readiness: Readiness
     public var description: String { "Watchdog" }
 
     public func run() async throws {
+        defer { SystemdNotifier.stopping() }
         guard let interval = SystemdNotifier.watchdogInterval else {
             // Nothing to ping; stay until the group stops.
             try? await gracefulShutdown()
@@ -80,7 +82,7 @@ public struct WatchdogService: Service, CustomStringConvertible {
         }
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             if await readiness.healthy { SystemdNotifier.watchdog() }
-            try? await Task.sleep(for: interval / 2)
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval / 2) }
         }
     }
 }

@@ -12,14 +12,18 @@ public struct Reconciler: Service, CustomStringConvertible {
     let node: PeerNode
     let lifecycle: ClusterLifecycle
     let images: ImageLibrary
-    var interval: Duration = .seconds(15)
-
     public func run() async throws {
         await recoverOperations()
         await images.recover()
+        let seconds = node.configuration.reconcileIntervalSeconds
+        await reconcile()
+        guard seconds > 0 else {
+            try? await gracefulShutdown()
+            return
+        }
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(seconds)) }
             await reconcile()
-            try? await Task.sleep(for: interval)
         }
     }
 
@@ -29,7 +33,9 @@ public struct Reconciler: Service, CustomStringConvertible {
         do {
             operations = try await node.catalog.operations().filter { $0.node == node.name }
         } catch {
-            node.logger.error("cannot read the operation journal", metadata: ["error": "\(error)"])
+            if !Task.isCancelled {
+                node.logger.error("cannot read the operation journal", metadata: ["error": "\(error)"])
+            }
             return
         }
         for operation in operations {

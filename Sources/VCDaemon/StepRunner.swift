@@ -66,7 +66,9 @@ struct StepRunner: Sendable {
             try await start(vm(name))
         case .release(let name):
             try await node.hypervisor.run { conn in
-                guard let d = try conn.domain(named: name) else { throw DaemonError.failed("domain \(name) is not defined") }
+                guard let d = try conn.domain(named: name) else {
+                    throw DaemonError.failed("domain \(name) is not defined")
+                }
                 if try d.state() == .paused { try d.resume() }
             }
         case .save(let name):

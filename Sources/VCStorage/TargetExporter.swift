@@ -23,6 +23,17 @@ public actor TargetExporter {
     private var reserved: Set<Int> = []
     public let chap: (user: String, password: String)?
 
+    /// Session parameters every target offers. tgt's defaults (8 KiB data segments,
+    /// 256 KiB bursts, an R2T round trip before any write data) cap a loopback session at
+    /// ~400 MiB/s; these, which libiscsi and QEMU propose anyway, reach ~1.1 GiB/s.
+    static let sessionParameters: KeyValuePairs<String, String> = [
+        "MaxRecvDataSegmentLength": "262144",
+        "MaxXmitDataSegmentLength": "262144",
+        "MaxBurstLength": "16776192",
+        "FirstBurstLength": "1048576",
+        "InitialR2T": "No",
+    ]
+
     /// tgtd's management port; 0 for tgtd's default. A node may run several tgtd
     /// instances (tests do), each reached through its own port.
     public let controlPort: Int
@@ -67,6 +78,11 @@ public actor TargetExporter {
             try await tgtadm(
                 iqn, "add LUN 1 to",
                 ["--op", "new", "--mode", "logicalunit", "--tid", "\(tid)", "--lun", "1", "-b", file])
+            for (name, value) in Self.sessionParameters {
+                try await tgtadm(
+                    iqn, "set \(name) on",
+                    ["--op", "update", "--mode", "target", "--tid", "\(tid)", "--name", name, "--value", value])
+            }
             for name in initiators {
                 try await tgtadm(
                     iqn, "bind", ["--op", "bind", "--mode", "target", "--tid", "\(tid)", "--initiator-name", name])

@@ -13,7 +13,7 @@ import VCStorage
 struct PeerlessBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "peerless-bench", abstract: "Storage-path timings for bench/.",
-        subcommands: [Clone.self, Provision.self, Spawn.self])
+        subcommands: [Clone.self, Provision.self, Spawn.self, Write.self])
 }
 
 struct Timings: Encodable {
@@ -112,5 +112,32 @@ struct Spawn: AsyncParsableCommand {
             samples.append(ContinuousClock.now - t0)
         }
         Timings(samples).print()
+    }
+}
+
+struct Write: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Copy a file to an iSCSI LUN with the import pipeline; print MiB/s.")
+    @Option var portal = "127.0.0.1:3260"
+    @Option var iqn: String
+    @Option var file: String
+    @Option var depth = 16
+    @Option var chunkKiB = 1024
+
+    func run() async throws {
+        let client = ISCSIClient(initiator: Naming.initiatorIQN(node: "bench"))
+        let fd = open(file, O_RDONLY)
+        defer { close(fd) }
+        var st = stat()
+        fstat(fd, &st)
+        let length = UInt64(st.st_size)
+        let (depth, chunk) = (self.depth, chunkKiB * 1024)
+        let t0 = ContinuousClock.now
+        _ = try await client.withSession(ISCSITarget(portal: portal, iqn: iqn)) { session in
+            try session.copy(fromFile: fd, length: length, blockSize: 512, chunkSize: chunk, depth: depth) { _ in }
+        }
+        let seconds = Double((ContinuousClock.now - t0) / .milliseconds(1)) / 1000
+        print(String(format: "%.0f MiB/s (%.2f s)", Double(length) / 1_048_576 / seconds, seconds))
+        try await client.shutdown()
     }
 }

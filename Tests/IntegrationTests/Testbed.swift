@@ -51,7 +51,7 @@ final class ChildProcess {
     let pid: pid_t
     private var exited = false
 
-    init(_ path: String, _ args: [String], log: String) throws {
+    init(_ path: String, _ args: [String], log: String, environment: [String: String] = [:]) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -59,8 +59,13 @@ final class ChildProcess {
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         let argv = ([path] + args).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
+        let env =
+            ProcessInfo.processInfo.environment.merging(environment) { $1 }.map { strdup("\($0.key)=\($0.value)") } + [
+                nil
+            ]
+        defer { env.forEach { free($0) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, &actions, nil, argv, environ)
+        let rc = posix_spawn(&pid, path, &actions, nil, argv, env)
         guard rc == 0 else { throw TestbedError.startFailed("posix_spawn \(path): \(String(cString: strerror(rc)))") }
         self.pid = pid
     }
