@@ -91,12 +91,19 @@ public final class LibvirtConnection: @unchecked Sendable {
         }
     }
 
-    /// Defines an iSCSI CHAP secret with a usage name and sets its value.
+    /// Sets the value of the iSCSI CHAP secret with this usage name, defining it first
+    /// when libvirt has none (libvirt refuses a second secret with the same usage).
     public func defineISCSISecret(usage: String, value: [UInt8]) throws(LibvirtError) {
-        let xml = "<secret ephemeral='no' private='yes'><usage type='iscsi'><target>\(usage)</target></usage></secret>"
-        guard let s = virSecretDefineXML(handle, xml, 0) else { throw LibvirtError.last("virSecretDefineXML") }
+        var secret = virSecretLookupByUsage(handle, Int32(VIR_SECRET_USAGE_TYPE_ISCSI.rawValue), usage)
+        if secret == nil {
+            virResetLastError()
+            let xml =
+                "<secret ephemeral='no' private='yes'><usage type='iscsi'><target>\(usage)</target></usage></secret>"
+            secret = virSecretDefineXML(handle, xml, 0)
+        }
+        guard let s = secret else { throw LibvirtError.last("virSecretDefineXML(\(usage))") }
         defer { virSecretFree(s) }
         let rc = value.withUnsafeBufferPointer { virSecretSetValue(s, $0.baseAddress, $0.count, 0) }
-        guard rc == 0 else { throw LibvirtError.last("virSecretSetValue") }
+        guard rc == 0 else { throw LibvirtError.last("virSecretSetValue(\(usage))") }
     }
 }

@@ -80,7 +80,14 @@ struct APIRoutes: Sendable {
             "\(try await node.exporter.targets().count) target(s) on \(node.configuration.iscsi.portal)"
         }
         let clusters = (try? await node.catalog.clusters().map(\.value)) ?? []
-        let running = (try? await node.hypervisor.run { try $0.allDomains().filter(\.isActive).count }) ?? 0
+        // Only the domains Peerless made: they carry its metadata element.
+        let running =
+            (try? await node.hypervisor.run { conn in
+                try conn.allDomains().filter {
+                    $0.isActive && $0.metadata(namespace: DomainDocument.metadataNamespace) != nil
+                }
+                .count
+            }) ?? 0
         return NodeStatus(
             record: record(), daemons: await [etcd, libvirt, tgt], pool: try node.pool.status(),
             clusters: clusters.count, runningVMs: running,

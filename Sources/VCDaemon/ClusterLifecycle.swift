@@ -48,7 +48,7 @@ public struct ClusterLifecycle: Sendable {
     /// Picks a free subnet and records the cluster and its create operation atomically;
     /// retries with the next subnet when a concurrent create took it first.
     private func claim(_ spec: ClusterSpec) async throws -> (VirtualCluster, ClusterOperation) {
-        var tried = await ClusterBridge.subnetsInUseOnHost()
+        var tried = await ClusterBridge.subnetsInUseOnHost(bridgePrefix: node.addresses.bridgePrefix)
         for _ in 0..<8 {
             let used = try await catalog.usedSubnets().union(tried)
             guard let subnet = AddressPlan.firstFree(used: used) else {
@@ -128,23 +128,34 @@ public struct ClusterLifecycle: Sendable {
         _ cluster: VirtualCluster, operation: ClusterOperation, reason: DaemonError,
         events: AsyncStream<OperationEvent>.Continuation
     ) async {
-        let execution = PlanExecution(runner: StepRunner(node: node, cluster: cluster, image: nil), events: events)
-        let problems = await execution.undo(ClusterPlan.teardown(cluster))
         do {
-            if problems.isEmpty {
-                try await catalog.forget(cluster, operation: operation)
-            } else {
-                var failed = cluster
-                failed.state = .failed
-                failed.message =
-                    "create failed (\(reason)) and rollback left: \(problems.joined(separator: "; ")); run 'vc cluster destroy \(cluster.name)'"
-                failed.updatedAt = node.now()
-                try await catalog.finish(operation, cluster: failed)
+            _ = try await tearDown(cluster, operation: operation, events: events) { left in
+                "create failed (\(reason)) and rollback left: \(left); run 'vc cluster destroy \(cluster.name)'"
             }
         } catch {
             node.logger.error(
                 "could not record rollback", metadata: ["cluster": "\(cluster.name)", "error": "\(error)"])
         }
+    }
+
+    /// Undoes every step a cluster may have had, then forgets it. If anything stays, the
+    /// cluster is kept, marked failed with `explain(what stayed)`, and that message returned.
+    private func tearDown(
+        _ cluster: VirtualCluster, operation: ClusterOperation, events: AsyncStream<OperationEvent>.Continuation,
+        explain: (String) -> String
+    ) async throws -> String? {
+        let execution = PlanExecution(runner: StepRunner(node: node, cluster: cluster, image: nil), events: events)
+        let problems = await execution.undo(ClusterPlan.teardown(cluster))
+        guard !problems.isEmpty else {
+            try await catalog.forget(cluster, operation: operation)
+            return nil
+        }
+        var failed = cluster
+        failed.state = .failed
+        failed.message = explain(problems.joined(separator: "; "))
+        failed.updatedAt = node.now()
+        try await catalog.finish(operation, cluster: failed)
+        return failed.message
     }
 
     // MARK: - suspend, resume, destroy
@@ -198,20 +209,17 @@ public struct ClusterLifecycle: Sendable {
     func runDestroy(
         _ cluster: VirtualCluster, operation: ClusterOperation, events: AsyncStream<OperationEvent>.Continuation
     ) async {
-        let execution = PlanExecution(runner: StepRunner(node: node, cluster: cluster, image: nil), events: events)
-        let problems = await execution.undo(ClusterPlan.teardown(cluster))
         do {
-            if problems.isEmpty {
-                try await catalog.forget(cluster, operation: operation)
+            if let left = try await tearDown(
+                cluster, operation: operation, events: events,
+                explain: {
+                    "destroy left: \($0); run destroy again"
+                })
+            {
+                events.yield(OperationEvent(kind: .failed, error: APIError(code: "failed", message: left)))
+            } else {
                 node.logger.info("destroyed", metadata: ["cluster": "\(cluster.name)"])
                 events.yield(OperationEvent(kind: .done, message: "cluster \(cluster.name) is destroyed"))
-            } else {
-                var failed = cluster
-                failed.state = .failed
-                failed.message = "destroy left: \(problems.joined(separator: "; ")); run destroy again"
-                failed.updatedAt = node.now()
-                try await catalog.finish(operation, cluster: failed)
-                events.yield(OperationEvent(kind: .failed, error: APIError(code: "failed", message: failed.message!)))
             }
         } catch {
             events.yield(OperationEvent(kind: .failed, error: DaemonError.from(error).apiError))

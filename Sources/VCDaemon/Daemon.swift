@@ -69,7 +69,8 @@ public enum Daemon {
     static func prepare(configuration: DaemonConfiguration, logger: Logger) async throws -> PeerNode {
         do {
             try NameRule.checkNode(configuration.node)
-            let addresses = try AddressPlan(prefix: configuration.network.prefix)
+            let addresses = try AddressPlan(
+                prefix: configuration.network.prefix, bridgePrefix: configuration.network.bridgePrefix)
             let catalog = Catalog(
                 etcd: EtcdClient(endpoint: configuration.etcd.endpoint), prefix: configuration.etcd.prefix)
             _ = try await catalog.nodes()
@@ -98,19 +99,20 @@ public enum Daemon {
             logger.info(
                 "accelerator", metadata: ["kind": "\(accelerator.kind.rawValue)", "reason": "\(accelerator.reason)"])
 
-            if let user = configuration.iscsi.chapUser, let password = configuration.iscsi.chapPassword {
-                _ = user
-                try await hypervisor.run {
-                    try $0.defineISCSISecret(usage: PeerNode.chapSecretUsage, value: Array(password.utf8))
-                }
-            }
             let capacity = NodeCapacity(
                 node: configuration.node, cpus: info.cpus, memoryMiB: Int(info.memoryKiB / 1024))
-            return PeerNode(
+            let node = PeerNode(
                 configuration: configuration, logger: logger, catalog: catalog, hypervisor: hypervisor,
                 iscsi: ISCSIClient(initiator: Naming.initiatorIQN(node: configuration.node)), exporter: exporter,
                 pool: pool,
                 addresses: addresses, accelerator: accelerator, capacity: capacity)
+            if let chap = node.chap {
+                // QEMU reads the password from a libvirt secret, never from the domain XML.
+                try await hypervisor.run { [usage = node.chapSecretUsage] in
+                    try $0.defineISCSISecret(usage: usage, value: Array(chap.password.utf8))
+                }
+            }
+            return node
         } catch {
             throw DaemonError.from(error)
         }

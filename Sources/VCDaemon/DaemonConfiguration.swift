@@ -43,6 +43,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public struct NetworkConfiguration: Codable, Sendable, Equatable {
         /// Cluster networks are PREFIX.N.0/24.
         public var prefix: String = "10.77"
+        /// Their bridges are BRIDGEPREFIX + N.
+        public var bridgePrefix: String = "vcbr"
     }
 
     public struct ISCSIConfiguration: Codable, Sendable, Equatable {

@@ -32,8 +32,8 @@ public struct PeerNode: Sendable {
         return CHAPCredentials(user: u, password: p)
     }
 
-    /// The libvirt secret that holds the CHAP password for QEMU.
-    public static let chapSecretUsage = "peerless-chap"
+    /// The libvirt secret that holds this node's CHAP password for QEMU.
+    public var chapSecretUsage: String { "peerless-chap-\(name)" }
 
     public var consoleDirectory: String { "\(configuration.stateDirectory)/consoles" }
     public var networkDirectory: String { "\(configuration.stateDirectory)/net" }

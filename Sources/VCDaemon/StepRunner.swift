@@ -2,6 +2,7 @@ import Foundation
 import ISCSI
 import Libvirt
 import Logging
+import VCHost
 import VCModel
 import VCNetwork
 import VCStorage
@@ -113,7 +114,7 @@ struct StepRunner: Sendable {
             vm: m, cluster: cluster.name, vcpus: cluster.spec.vcpus, memoryMiB: cluster.spec.memoryMiB,
             bridge: cluster.network.bridge, portal: node.portal, initiator: Naming.initiatorIQN(node: m.node),
             accelerator: node.accelerator.kind, consolePath: node.consolePath(cluster: cluster.name, vm: m.name),
-            chap: node.chap.map { CHAPReference(user: $0.user, secretUsage: PeerNode.chapSecretUsage) },
+            chap: node.chap.map { CHAPReference(user: $0.user, secretUsage: node.chapSecretUsage) },
             sshKeys: cluster.spec.sshKeys)
     }
 
@@ -139,7 +140,7 @@ struct StepRunner: Sendable {
         let final = node.pool.path(m.saveFile)
         let partial = final + ".partial"
         try node.pool.remove(m.saveFile + ".partial")
-        try makeDirectory(StoragePoolPath.parent(final))
+        try HostFiles.makeDirectories(HostFiles.parent(final))
         let saved = try await node.hypervisor.run { conn -> Bool in
             guard let d = try conn.domain(named: m.name) else {
                 throw DaemonError.failed("domain \(m.name) is not defined")
@@ -171,23 +172,6 @@ struct StepRunner: Sendable {
     }
 
     private func makeConsoleDirectory() throws {
-        try makeDirectory("\(node.consoleDirectory)/\(cluster.name)")
-    }
-
-    private func makeDirectory(_ path: String) throws {
-        var partial = ""
-        for component in path.split(separator: "/") {
-            partial += "/" + component
-            if mkdir(partial, 0o755) != 0 && errno != EEXIST {
-                throw DaemonError.failed("could not create \(partial): \(String(cString: strerror(errno)))")
-            }
-        }
-    }
-}
-
-enum StoragePoolPath {
-    static func parent(_ p: String) -> String {
-        guard let slash = p.lastIndex(of: "/"), slash != p.startIndex else { return "/" }
-        return String(p[..<slash])
+        try HostFiles.makeDirectories("\(node.consoleDirectory)/\(cluster.name)")
     }
 }

@@ -24,8 +24,8 @@ public struct CommandError: Error, Sendable, CustomStringConvertible {
 
     /// The program's own last words, which is what a person needs to act on.
     public var reason: String {
-        let lines = output.split(separator: "\n").map { $0.trimmingCharacters() }.filter { !$0.isEmpty }
-        return lines.last.map(String.init) ?? (status.map { "exit status \($0)" } ?? "could not run")
+        let lines = output.split(separator: "\n").map { $0.trimmed }.filter { !$0.isEmpty }
+        return lines.last ?? (status.map { "exit status \($0)" } ?? "could not run")
     }
 
     public var description: String { "\(program) failed: \(reason)" }
@@ -113,14 +113,5 @@ public enum HostCommand {
             }
             return value
         }
-    }
-}
-
-extension Substring {
-    fileprivate func trimmingCharacters() -> Substring {
-        var s = self
-        while let f = s.first, f.isWhitespace { s.removeFirst() }
-        while let l = s.last, l.isWhitespace { s.removeLast() }
-        return s
     }
 }

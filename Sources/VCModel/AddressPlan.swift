@@ -5,20 +5,27 @@ import struct Foundation.Date
 /// the gateway is `.1`, VM `i` gets `.(10+i)`.
 public struct AddressPlan: Sendable, Equatable {
     public let prefix: String
+    /// Bridges are PREFIX + subnet index; at most 12 characters, so names stay within 15.
+    public let bridgePrefix: String
     public static let subnets = 1...254
     public static let firstHost = 10
 
-    public init(prefix: String = "10.77") throws(ModelError) {
+    public init(prefix: String = "10.77", bridgePrefix: String = "vcbr") throws(ModelError) {
         let parts = prefix.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 2, parts.allSatisfy({ UInt8($0) != nil }) else {
             throw .invalidSize(what: "network prefix", value: prefix, reason: "expected two octets such as 10.77")
         }
         self.prefix = prefix
+        guard (1...12).contains(bridgePrefix.utf8.count), bridgePrefix.utf8.allSatisfy({ $0 >= 97 && $0 <= 122 }) else {
+            throw .invalidSize(what: "bridge prefix", value: bridgePrefix, reason: "use 1 to 12 lowercase letters")
+        }
+        self.bridgePrefix = bridgePrefix
     }
 
     public func network(cluster: String, subnet: Int) -> ClusterNetwork {
         ClusterNetwork(
-            subnet: subnet, bridge: Naming.bridge(subnet: subnet), cidr: "\(prefix).\(subnet).0/24",
+            subnet: subnet, bridge: Naming.bridge(subnet: subnet, prefix: bridgePrefix),
+            cidr: "\(prefix).\(subnet).0/24",
             gateway: "\(prefix).\(subnet).1", prefixLength: 24, domain: Naming.domain(cluster: cluster))
     }
 

@@ -21,8 +21,9 @@ public enum Naming {
     /// The initiator name a node logs in with; targets are bound to it.
     public static func initiatorIQN(node: String) -> String { "\(iqnPrefix):node.\(node)" }
 
-    /// Linux limits interface names to 15 bytes, so bridges are named by subnet index.
-    public static func bridge(subnet: Int) -> String { "vcbr\(subnet)" }
+    /// Linux limits interface names to 15 bytes, so bridges are named by subnet index
+    /// under a short prefix (`vcbr` unless configured).
+    public static func bridge(subnet: Int, prefix: String = "vcbr") -> String { "\(prefix)\(subnet)" }
 
     /// Locally administered MACs under QEMU's prefix: unique per cluster network because
     /// the subnet index is unique in the catalog.

@@ -14,16 +14,16 @@ public struct ClusterBridge: Sendable {
 
     public var name: String { network.bridge }
 
-    /// Subnet indexes whose bridge exists on this host, whoever made it. A new cluster
-    /// must not take one of them: another catalog (or a leftover) owns that bridge.
-    public static func subnetsInUseOnHost() async -> Set<Int> {
+    /// Subnet indexes whose bridge (PREFIX + index) exists on this host, whoever made it.
+    /// A new cluster must not take one of them: another catalog (or a leftover) owns it.
+    public static func subnetsInUseOnHost(bridgePrefix: String) async -> Set<Int> {
         guard let out = try? await HostCommand.run("ip", ["-o", "link", "show", "type", "bridge"]) else { return [] }
         var used = Set<Int>()
         for line in out.stdout.split(separator: "\n") {
             let fields = line.split(separator: " ")
             guard fields.count > 1 else { continue }
             let name = fields[1].split(separator: ":").first.map(String.init) ?? ""
-            if name.hasPrefix("vcbr"), let n = Int(name.dropFirst(4)) { used.insert(n) }
+            if name.hasPrefix(bridgePrefix), let n = Int(name.dropFirst(bridgePrefix.count)) { used.insert(n) }
         }
         return used
     }

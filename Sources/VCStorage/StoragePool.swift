@@ -46,7 +46,7 @@ public struct StoragePool: Sendable {
     /// Makes the pool usable: its directory if that can reflink, else the embedded pool
     /// (made on first use, mounted again after a restart). Idempotent.
     public func prepare() async throws(StorageError) -> PoolStatus {
-        try makeDirectory(root)
+        try makeDirectories(root)
         if try !canReflink(root) {
             try await mountEmbedded()
             guard try canReflink(root) else {
@@ -54,7 +54,7 @@ public struct StoragePool: Sendable {
                     path: root, reason: "the embedded \(configuration.embeddedFilesystem) pool cannot reflink")
             }
         }
-        for sub in ["images", "disks", "saves"] { try makeDirectory("\(root)/\(sub)") }
+        for sub in ["images", "disks", "saves"] { try makeDirectories("\(root)/\(sub)") }
         return try status()
     }
 
@@ -71,7 +71,7 @@ public struct StoragePool: Sendable {
     /// Creates an empty (sparse) file of `size` bytes; fails if it exists.
     public func createFile(_ relative: String, size: UInt64) throws(StorageError) {
         let p = path(relative)
-        try makeDirectory(Self.parent(p))
+        try makeDirectories(HostFiles.parent(p))
         let fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .fileFailed(path: p, operation: "create", reason: errnoText()) }
         defer { close(fd) }
@@ -86,7 +86,7 @@ public struct StoragePool: Sendable {
     public func clone(_ source: String, to destination: String) throws(StorageError) {
         let src = path(source)
         let dst = path(destination)
-        try makeDirectory(Self.parent(dst))
+        try makeDirectories(HostFiles.parent(dst))
         let sfd = open(src, O_RDONLY | O_CLOEXEC)
         guard sfd >= 0 else { throw .cloneFailed(source: src, destination: dst, reason: errnoText()) }
         defer { close(sfd) }
@@ -141,7 +141,7 @@ public struct StoragePool: Sendable {
             logger.info(
                 "making the embedded pool",
                 metadata: ["image": "\(image)", "size_gib": "\(configuration.embeddedSizeGiB)"])
-            try makeDirectory(Self.parent(image))
+            try makeDirectories(HostFiles.parent(image))
             let fd = open(image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
             guard fd >= 0 else { throw .poolUnavailable(path: image, reason: errnoText()) }
             let sized = ftruncate(fd, off_t(configuration.embeddedSizeGiB) << 30) == 0
@@ -179,7 +179,7 @@ public struct StoragePool: Sendable {
 
     /// The device mounted exactly at `path`, from /proc/self/mountinfo.
     static func mountSource(of path: String) -> String? {
-        guard let text = try? readText("/proc/self/mountinfo") else { return nil }
+        guard let text = try? HostFiles.read("/proc/self/mountinfo") else { return nil }
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: " ")
             guard fields.count > 9, fields[4] == path, let dash = fields.firstIndex(of: "-") else { continue }
@@ -228,36 +228,13 @@ public struct StoragePool: Sendable {
         }
     }
 
-    private func makeDirectory(_ p: String) throws(StorageError) {
-        var partial = ""
-        for component in p.split(separator: "/") {
-            partial += "/" + component
-            if mkdir(partial, 0o755) != 0 && errno != EEXIST {
-                throw .fileFailed(path: partial, operation: "create directory", reason: errnoText())
-            }
+    private func makeDirectories(_ p: String) throws(StorageError) {
+        do {
+            try HostFiles.makeDirectories(p)
+        } catch {
+            throw .fileFailed(path: error.path, operation: "create directory", reason: error.reason)
         }
     }
-
-    static func parent(_ p: String) -> String {
-        guard let slash = p.lastIndex(of: "/"), slash != p.startIndex else { return "/" }
-        return String(p[..<slash])
-    }
 }
 
-func errnoText() -> String { String(cString: strerror(errno)) }
-
-/// Reads a small text file (proc files, pid files).
-func readText(_ path: String) throws -> String {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw StorageError.unreadable(path: path, reason: errnoText()) }
-    defer { close(fd) }
-    var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = read(fd, &buf, buf.count)
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { break }
-        out += buf[0..<n]
-    }
-    return String(decoding: out, as: UTF8.self)
-}
+func errnoText() -> String { HostFiles.lastError() }

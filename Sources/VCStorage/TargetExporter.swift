@@ -134,7 +134,7 @@ public actor TargetExporter {
         } catch {
             throw .targetDaemon(reason: error.reason)
         }
-        let users = out.stdout.split(separator: "\n").map { $0.trimmingCharacters() }
+        let users = out.stdout.split(separator: "\n").map { $0.trimmed }
         if users.contains(user) { return }
         try await tgtadm(
             user, "create CHAP account", ["--op", "new", "--mode", "account", "--user", user, "--password", password])
@@ -155,13 +155,13 @@ public actor TargetExporter {
         var current: TargetInfo?
         var section = ""
         for raw in text.split(separator: "\n", omittingEmptySubsequences: true) {
-            let line = raw.trimmingCharacters()
+            let line = raw.trimmed
             if raw.hasPrefix("Target ") {
                 if let c = current { result.append(c) }
                 let head = raw.dropFirst("Target ".count)
                 let parts = head.split(separator: ":", maxSplits: 1)
                 current = TargetInfo(
-                    tid: Int(parts.first ?? "") ?? -1, iqn: parts.count > 1 ? parts[1].trimmingCharacters() : "",
+                    tid: Int(parts.first ?? "") ?? -1, iqn: parts.count > 1 ? parts[1].trimmed : "",
                     backingFiles: [], initiators: [], connected: [])
                 section = ""
                 continue
@@ -189,14 +189,5 @@ public actor TargetExporter {
         }
         if let c = current { result.append(c) }
         return result
-    }
-}
-
-extension Substring {
-    func trimmingCharacters() -> String {
-        var s = self
-        while let f = s.first, f.isWhitespace { s.removeFirst() }
-        while let l = s.last, l.isWhitespace { s.removeLast() }
-        return String(s)
     }
 }

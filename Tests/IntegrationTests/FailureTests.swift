@@ -4,12 +4,12 @@ import VCModel
 
 /// Failures midway and crashes: nothing is ever left half-made.
 @Suite(.serialized) struct RollbackAndRecoveryTests {
-    /// vcd names the bridge when it plans a cluster: "… (vcbrN)".
-    func plannedBridge(_ output: String) -> String? {
-        guard let open = output.range(of: "(vcbr") else { return nil }
+    /// vcd names the bridge when it plans a cluster: "… (BRIDGE)".
+    func plannedBridge(_ output: String, prefix: String) -> String? {
+        guard let open = output.range(of: "(\(prefix)") else { return nil }
         let rest = output[open.upperBound...]
         guard let close = rest.firstIndex(of: ")") else { return nil }
-        return "vcbr" + rest[..<close]
+        return prefix + rest[..<close]
     }
 
     @Test(.timeLimit(.minutes(10)))
@@ -24,7 +24,7 @@ import VCModel
             #expect(lastLine.hasSuffix("(rolled back)"))
             // Two VMs were complete (defined and started) before the failure: all undone.
             #expect(r.stderr.contains("undo define \(name)-1"))
-            let bridge = try #require(plannedBridge(r.stderr))
+            let bridge = try #require(plannedBridge(r.stderr, prefix: bed.bridgePrefix))
             #expect(try await bed.leftovers(of: name, vms: 3, bridge: bridge) == [])
             #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
             #expect(try await bed.etcdKeys().filter { $0.contains("/subnets/") || $0.contains("/ops/") }.isEmpty)

@@ -42,7 +42,7 @@ func sh(_ program: String, _ args: [String]) async throws -> CommandResult {
     case .exited(let code): status = code
     case .signaled(let signal): status = 128 + signal
     }
-    return CommandResult(status: status, stdout: r.standardOutput ?? "", stderr: r.standardError ?? "")
+    return CommandResult(status: status, stdout: r.standardOutput, stderr: r.standardError)
 }
 
 /// A child that outlives the call that started it (vcd): posix_spawn with its output
@@ -121,8 +121,14 @@ final class Testbed {
     let tgtControlPort: Int
     let iscsiPort: Int
     let networkPrefix: String
+    let bridgePrefix: String
     private(set) var vcd: ChildProcess?
     private var tgtdRunning = false
+    var poolFilesystem = "btrfs"
+    /// CHAP on every disk, with these credentials.
+    var chap = false
+    let chapUser = "peerless-test"
+    let chapPassword = "s3cret-\(UUID().uuidString.prefix(8))"
 
     var poolPath: String { "\(root)/pool" }
     var statePath: String { "\(root)/state" }
@@ -139,14 +145,19 @@ final class Testbed {
         socket = "\(root)/vcd.sock"
         tgtControlPort = Int.random(in: 1000...1999)
         iscsiPort = Int.random(in: 3300...3899)
-        networkPrefix = "10.78"
+        // Bridges and addresses are host-wide: testbeds running side by side must not meet.
+        networkPrefix = "10.\(Int.random(in: 100...250))"
+        bridgePrefix = "t" + String((0..<4).map { _ in "abcdefghijklmnopqrstuvwxyz".randomElement()! })
     }
 
     /// Runs `body` with a started testbed and always tears it down.
     static func with(
-        hooks: String = "", accelerator: String = "tcg", _ body: (Testbed) async throws -> Void
+        hooks: String = "", accelerator: String = "tcg", poolFilesystem: String = "btrfs", chap: Bool = false,
+        _ body: (Testbed) async throws -> Void
     ) async throws {
         let bed = Testbed()
+        bed.poolFilesystem = poolFilesystem
+        bed.chap = chap
         do {
             try await bed.start(hooks: hooks, accelerator: accelerator)
             try await body(bed)
@@ -176,11 +187,14 @@ final class Testbed {
           path: \(poolPath)
           embeddedImage: \(root)/pool.img
           embeddedSizeGiB: 8
+          embeddedFilesystem: \(poolFilesystem)
         network:
           prefix: "\(networkPrefix)"
+          bridgePrefix: \(bridgePrefix)
         iscsi:
           portal: 127.0.0.1:\(iscsiPort)
           tgtControlPort: \(tgtControlPort)
+        \(chap ? "  chapUser: \(chapUser)\n  chapPassword: \(chapPassword)" : "")
         accelerator:
           mode: \(accelerator)
           probeKernel: \(Build.tinyKernel)
