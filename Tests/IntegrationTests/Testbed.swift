@@ -393,6 +393,13 @@ final class Testbed {
             let bridge = String(file.dropLast(4))
             _ = try? await sh("ip", ["link", "del", "dev", bridge])
         }
+        // vcd keeps its CHAP secret in libvirt across restarts; the test removes it.
+        let secrets = (try? await sh("virsh", ["-c", "qemu:///system", "secret-list"]).stdout) ?? ""
+        for line in secrets.split(whereSeparator: \.isNewline) where line.hasSuffix("peerless-chap-\(node)") {
+            if let uuid = line.split(separator: " ").first {
+                _ = try? await sh("virsh", ["-c", "qemu:///system", "secret-undefine", String(uuid)])
+            }
+        }
         try? await stopTGTD()
         _ = try? await sh("umount", [poolPath])
         _ = try? await sh("etcdctl", ["del", "--prefix", prefix])
