@@ -7,6 +7,8 @@ public final class ISCSISession {
     private let context: OpaquePointer
     public let target: ISCSITarget
     private var lun: Int32 { Int32(target.lun) }
+    /// libiscsi's timeout for logins and synchronous commands.
+    public static let commandTimeoutSeconds = 30
 
     /// Connects and logs in. Fails with the target's reason, e.g. an initiator name that
     /// the target's ACL does not list ("Target not found").
@@ -19,6 +21,9 @@ public final class ISCSISession {
         iscsi_set_targetname(ctx, target.iqn)
         iscsi_set_session_type(ctx, ISCSI_SESSION_NORMAL)
         iscsi_set_header_digest(ctx, ISCSI_HEADER_DIGEST_NONE_CRC32C)
+        // A target that accepts the connection and then hangs must not hold this thread
+        // (and the operation waiting on it) forever.
+        iscsi_set_timeout(ctx, Int32(Self.commandTimeoutSeconds))
         if let chap {
             iscsi_set_initiator_username_pwd(ctx, chap.user, chap.password)
         }

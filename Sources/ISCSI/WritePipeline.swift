@@ -39,7 +39,21 @@ final class WritePipeline {
         slots = []
     }
 
+    /// Copies, and on any failure cancels what is still in flight before returning, so
+    /// that no completion callback can run after the slots' buffers are released.
     func run(fd: Int32, length: UInt64, progress: (UInt64) -> Void) throws(ISCSIError) -> UInt64 {
+        do {
+            return try pump(fd: fd, length: length, progress: progress)
+        } catch {
+            if slots.contains(where: \.busy) {
+                // Runs every pending callback with SCSI_STATUS_CANCELLED, here and now.
+                iscsi_scsi_cancel_all_tasks(context)
+            }
+            throw error
+        }
+    }
+
+    private func pump(fd: Int32, length: UInt64, progress: (UInt64) -> Void) throws(ISCSIError) -> UInt64 {
         var offset: UInt64 = 0
         var sent: UInt64 = 0
         let bs = UInt64(blockSize)
@@ -117,7 +131,8 @@ final class WritePipeline {
 private let writeDone: iscsi_command_cb = { ctx, status, commandData, privateData in
     guard let privateData else { return }
     let slot = Unmanaged<WritePipeline.Slot>.fromOpaque(privateData).takeUnretainedValue()
-    if status != Int32(SCSI_STATUS_GOOD.rawValue), slot.pipeline.failure == nil {
+    let cancelled = status == Int32(SCSI_STATUS_CANCELLED.rawValue)
+    if status != Int32(SCSI_STATUS_GOOD.rawValue), !cancelled, slot.pipeline.failure == nil {
         slot.pipeline.failure = ctx.map { ISCSISession.message($0) } ?? "status \(status)"
     }
     slot.busy = false

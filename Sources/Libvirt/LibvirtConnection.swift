@@ -91,6 +91,16 @@ public final class LibvirtConnection: @unchecked Sendable {
         }
     }
 
+    /// Whether `path` is a complete memory image libvirt can restore.
+    public func isSaveImage(_ path: String) -> Bool {
+        guard let c = virDomainSaveImageGetXMLDesc(handle, path, 0) else {
+            virResetLastError()
+            return false
+        }
+        free(c)
+        return true
+    }
+
     /// Sets the value of the iSCSI CHAP secret with this usage name, defining it first
     /// when libvirt has none (libvirt refuses a second secret with the same usage).
     public func defineISCSISecret(usage: String, value: [UInt8]) throws(LibvirtError) {

@@ -124,15 +124,23 @@ public struct Catalog: Sendable {
     }
 
     /// Closes an operation: writes the cluster's final record and removes the journal, in
-    /// one transaction guarded by the operation's identity.
+    /// one transaction guarded by the operation's identity. A retry after a lost reply
+    /// finds its own write in place and succeeds.
     public func finish(_ operation: ClusterOperation, cluster: VirtualCluster) async throws(CatalogError) {
         let ok = try await etcd.txn(
             [.value(operationKey(cluster.name), equals: try encode(operation))],
             success: [.put(clusterKey(cluster.name), try encode(cluster)), .delete(operationKey(cluster.name))])
-        guard ok else { throw .conflict(key: operationKey(cluster.name)) }
+        if ok { return }
+        let journal = try await self.operation(cluster.name)
+        let record = try await self.cluster(cluster.name)?.value
+        // Compared as stored: dates keep whole seconds in the catalog.
+        guard journal == nil, let record, try encode(record) == encode(cluster) else {
+            throw .conflict(key: operationKey(cluster.name))
+        }
     }
 
-    /// Removes every trace of a cluster (after destroy or a rolled-back create).
+    /// Removes every trace of a cluster (after destroy or a rolled-back create). A retry
+    /// after a lost reply finds nothing left and succeeds.
     public func forget(_ cluster: VirtualCluster, operation: ClusterOperation) async throws(CatalogError) {
         let ok = try await etcd.txn(
             [.value(operationKey(cluster.name), equals: try encode(operation))],
@@ -140,7 +148,17 @@ public struct Catalog: Sendable {
                 .delete(clusterKey(cluster.name)), .delete(subnetKey(cluster.network.subnet)),
                 .delete(operationKey(cluster.name)),
             ])
-        guard ok else { throw .conflict(key: operationKey(cluster.name)) }
+        if ok { return }
+        let journal = try await self.operation(cluster.name)
+        let record = try await self.cluster(cluster.name)
+        guard journal == nil, record == nil else { throw .conflict(key: operationKey(cluster.name)) }
+    }
+
+    /// Drops a journal entry whose cluster is gone, only if it is still that entry.
+    public func dropOperation(_ operation: ClusterOperation) async throws(CatalogError) {
+        try await etcd.txn(
+            [.value(operationKey(operation.cluster), equals: try encode(operation))],
+            success: [.delete(operationKey(operation.cluster))])
     }
 
     // MARK: operations

@@ -19,18 +19,25 @@ public struct ClusterLifecycle: Sendable {
     // MARK: - create
 
     public func create(_ spec: ClusterSpec) async throws(DaemonError) -> AsyncStream<OperationEvent> {
+        let image: GoldenImage
         do {
             try spec.validate()
-            guard let image = try await catalog.image(spec.image)?.value, image.state == .ready else {
+            guard let found = try await catalog.image(spec.image)?.value, found.state == .ready else {
                 let known = try await catalog.images().filter { $0.state == .ready }.map(\.name)
                 let hint =
                     known.isEmpty
                     ? "import one with 'vc image import NAME FILE'" : "known images: \(known.joined(separator: ", "))"
                 throw DaemonError.notFound("no image named '\(spec.image)'; \(hint)")
             }
+            image = found
             if try await catalog.cluster(spec.name) != nil {
                 throw CatalogError.alreadyExists(kind: "cluster", name: spec.name)
             }
+            try await lock(spec.name)
+        } catch {
+            throw DaemonError.from(error)
+        }
+        do {
             try node.capacity.admit(spec, committedMiB: try await node.committedMemoryMiB())
             try await refuseExistingResources(spec)
 
@@ -38,10 +45,38 @@ public struct ClusterLifecycle: Sendable {
             let (stream, events) = AsyncStream<OperationEvent>.makeStream()
             events.yield(
                 .step("planned \(cluster.vms.count) VMs on \(cluster.network.cidr) (\(cluster.network.bridge))"))
-            Task { await runCreate(cluster, image: image, operation: operation, events: events) }
+            Task {
+                await runCreate(cluster, image: image, operation: operation, events: events)
+                await node.locks.unlock(spec.name)
+            }
             return stream
         } catch {
+            await node.locks.unlock(spec.name)
             throw DaemonError.from(error)
+        }
+    }
+
+    /// Makes this task the only one on this node working on the cluster.
+    private func lock(_ name: String) async throws(DaemonError) {
+        guard await node.locks.tryLock(name) else {
+            throw .conflict(
+                "cluster '\(name)' is busy: another operation on it is running on this node; retry when it ends")
+        }
+    }
+
+    /// Writes an operation's outcome, riding out a passing etcd outage (an election takes
+    /// seconds). `Catalog.finish` and `forget` recognise a write that already landed.
+    func commit(_ write: () async throws(CatalogError) -> Void) async throws(CatalogError) {
+        var delay = Duration.milliseconds(250)
+        for attempt in 1...6 {
+            do {
+                return try await write()
+            } catch .unreachable(let endpoint, let reason) where attempt < 6 {
+                node.logger.warning(
+                    "catalog write failed; retrying", metadata: ["error": "\(reason)", "etcd": "\(endpoint)"])
+                try? await Task.sleep(for: delay)
+                delay *= 2
+            }
         }
     }
 
@@ -102,39 +137,51 @@ public struct ClusterLifecycle: Sendable {
                 }
             }
         }
+        defer { events.finish() }
         do {
             try await execution.perform(ClusterPlan.create(cluster))
-            var done = cluster
-            done.state = .running
-            done.updatedAt = node.now()
-            try await catalog.finish(operation, cluster: done)
-            logger.info(
-                "created", metadata: ["vms": "\(cluster.vms.count)", "seconds": "\(ContinuousClock.now - started)"])
-            events.yield(OperationEvent(kind: .done, message: "cluster \(cluster.name) is running", cluster: done))
         } catch {
             let reason = DaemonError.from(error)
             logger.error("create failed; rolling back", metadata: ["error": "\(reason)"])
             events.yield(.step("create failed: \(reason); rolling back"))
-            await rollBack(cluster, operation: operation, reason: reason, events: events)
-            events.yield(
-                OperationEvent(kind: .failed, error: APIError(code: reason.code, message: "\(reason) (rolled back)")))
+            let left = await rollBack(cluster, operation: operation, reason: reason, events: events)
+            let message = left.map { "\(reason); \($0)" } ?? "\(reason) (rolled back)"
+            events.yield(OperationEvent(kind: .failed, error: APIError(code: reason.code, message: message)))
+            return
         }
-        events.finish()
+        var done = cluster
+        done.state = .running
+        done.updatedAt = node.now()
+        do {
+            try await commit { () async throws(CatalogError) in try await catalog.finish(operation, cluster: done) }
+        } catch {
+            // The journal stays: the next reconcile pass finds it orphaned and undoes the create.
+            let message =
+                "cluster \(cluster.name) was made but the catalog did not record it (\(error)); it will be undone"
+            events.yield(OperationEvent(kind: .failed, error: APIError(code: "unavailable", message: message)))
+            return
+        }
+        logger.info(
+            "created", metadata: ["vms": "\(cluster.vms.count)", "seconds": "\(ContinuousClock.now - started)"])
+        events.yield(OperationEvent(kind: .done, message: "cluster \(cluster.name) is running", cluster: done))
     }
 
     /// Undoes everything a create may have made and forgets the cluster. If something
-    /// could not be undone the cluster stays, marked failed, for `destroy` to retry.
+    /// could not be undone the cluster stays, marked failed, for `destroy` to retry; the
+    /// returned text says what stayed (nil when nothing did).
+    @discardableResult
     func rollBack(
         _ cluster: VirtualCluster, operation: ClusterOperation, reason: DaemonError,
         events: AsyncStream<OperationEvent>.Continuation
-    ) async {
+    ) async -> String? {
         do {
-            _ = try await tearDown(cluster, operation: operation, events: events) { left in
-                "create failed (\(reason)) and rollback left: \(left); run 'vc cluster destroy \(cluster.name)'"
+            return try await tearDown(cluster, operation: operation, events: events) { left in
+                "rollback left: \(left); run 'vc cluster destroy \(cluster.name)'"
             }
         } catch {
             node.logger.error(
                 "could not record rollback", metadata: ["cluster": "\(cluster.name)", "error": "\(error)"])
+            return "the rollback could not be recorded in the catalog (\(error)); vcd retries it"
         }
     }
 
@@ -147,14 +194,15 @@ public struct ClusterLifecycle: Sendable {
         let execution = PlanExecution(runner: StepRunner(node: node, cluster: cluster, image: nil), events: events)
         let problems = await execution.undo(ClusterPlan.teardown(cluster))
         guard !problems.isEmpty else {
-            try await catalog.forget(cluster, operation: operation)
+            try await commit { () async throws(CatalogError) in try await catalog.forget(cluster, operation: operation)
+            }
             return nil
         }
         var failed = cluster
         failed.state = .failed
         failed.message = explain(problems.joined(separator: "; "))
         failed.updatedAt = node.now()
-        try await catalog.finish(operation, cluster: failed)
+        try await commit { () async throws(CatalogError) in try await catalog.finish(operation, cluster: failed) }
         return failed.message
     }
 
@@ -185,23 +233,52 @@ public struct ClusterLifecycle: Sendable {
     }
 
     public func destroy(_ name: String) async throws(DaemonError) -> AsyncStream<OperationEvent> {
-        let cluster: Versioned<VirtualCluster>
-        let operation: ClusterOperation
+        try await launch(name, kind: .destroy, state: .destroying, precheck: { _ in nil }) {
+            cluster, operation, events in
+            await runDestroy(cluster, operation: operation, events: events)
+        }
+    }
+
+    /// Starts an operation on an existing cluster: takes this node's lock on it, lets
+    /// `precheck` refuse it or answer at once (a no-op), journals it in the catalog, and runs
+    /// `work` in a task of its own that releases the lock when done.
+    private func launch(
+        _ name: String, kind: ClusterOperation.Kind, state: ClusterState,
+        precheck: (VirtualCluster) throws(DaemonError) -> OperationEvent?,
+        work:
+            @escaping @Sendable (VirtualCluster, ClusterOperation, AsyncStream<OperationEvent>.Continuation) async ->
+            Void
+    ) async throws(DaemonError) -> AsyncStream<OperationEvent> {
+        let (stream, events) = AsyncStream<OperationEvent>.makeStream()
         do {
             try NameRule.checkCluster(name)
-            guard let found = try await catalog.cluster(name) else {
-                throw CatalogError.notFound(kind: "cluster", name: name)
-            }
-            operation = ClusterOperation(
-                id: UUID().uuidString, kind: .destroy, cluster: name, node: node.name, startedAt: node.now())
-            cluster = try await catalog.begin(operation, on: found, state: .destroying, now: node.now())
         } catch {
             throw DaemonError.from(error)
         }
-        let (stream, events) = AsyncStream<OperationEvent>.makeStream()
+        try await lock(name)
+        let cluster: Versioned<VirtualCluster>
+        let operation: ClusterOperation
+        do {
+            guard let found = try await catalog.cluster(name) else {
+                throw CatalogError.notFound(kind: "cluster", name: name)
+            }
+            if try await catalog.operation(name) == nil, let answer = try precheck(found.value) {
+                await node.locks.unlock(name)
+                events.yield(answer)
+                events.finish()
+                return stream
+            }
+            operation = ClusterOperation(
+                id: UUID().uuidString, kind: kind, cluster: name, node: node.name, startedAt: node.now())
+            cluster = try await catalog.begin(operation, on: found, state: state, now: node.now())
+        } catch {
+            await node.locks.unlock(name)
+            throw DaemonError.from(error)
+        }
         Task {
-            await runDestroy(cluster.value, operation: operation, events: events)
+            await work(cluster.value, operation, events)
             events.finish()
+            await node.locks.unlock(name)
         }
         return stream
     }
@@ -231,37 +308,22 @@ public struct ClusterLifecycle: Sendable {
         _ name: String, kind: ClusterOperation.Kind, allowedFrom: Set<ClusterState>, already: ClusterState,
         during: ClusterState, to target: ClusterState, plan: @escaping @Sendable (VirtualCluster) -> ClusterPlan
     ) async throws(DaemonError) -> AsyncStream<OperationEvent> {
-        let (stream, events) = AsyncStream<OperationEvent>.makeStream()
-        let cluster: Versioned<VirtualCluster>
-        let operation: ClusterOperation
-        do {
-            try NameRule.checkCluster(name)
-            guard let found = try await catalog.cluster(name) else {
-                throw CatalogError.notFound(kind: "cluster", name: name)
-            }
-            if found.value.state == already, try await catalog.operation(name) == nil {
-                events.yield(
-                    OperationEvent(
-                        kind: .done, message: "cluster \(name) is already \(already.rawValue)", cluster: found.value))
-                events.finish()
-                return stream
-            }
-            guard allowedFrom.contains(found.value.state) else {
-                throw DaemonError.conflict(
-                    "cluster '\(name)' is \(found.value.state.rawValue); it cannot \(kind.rawValue) from there")
-            }
-            operation = ClusterOperation(
-                id: UUID().uuidString, kind: kind, cluster: name, node: node.name, startedAt: node.now())
-            cluster = try await catalog.begin(operation, on: found, state: during, now: node.now())
-        } catch {
-            throw DaemonError.from(error)
-        }
-        Task {
-            await runTransition(
-                cluster.value, operation: operation, plan: plan(cluster.value), to: target, events: events)
-            events.finish()
-        }
-        return stream
+        try await launch(
+            name, kind: kind, state: during,
+            precheck: { (found) throws(DaemonError) -> OperationEvent? in
+                if found.state == already {
+                    return OperationEvent(
+                        kind: .done, message: "cluster \(name) is already \(already.rawValue)", cluster: found)
+                }
+                guard allowedFrom.contains(found.state) else {
+                    throw .conflict(
+                        "cluster '\(name)' is \(found.state.rawValue); it cannot \(kind.rawValue) from there")
+                }
+                return nil
+            },
+            work: { cluster, operation, events in
+                await runTransition(cluster, operation: operation, plan: plan(cluster), to: target, events: events)
+            })
     }
 
     func runTransition(
@@ -275,19 +337,31 @@ public struct ClusterLifecycle: Sendable {
         do {
             try await execution.perform(plan)
             outcome.state = target
-            try await catalog.finish(operation, cluster: outcome)
-            node.logger.info(
-                "\(operation.kind.rawValue)d",
-                metadata: ["cluster": "\(cluster.name)", "seconds": "\(ContinuousClock.now - started)"])
-            events.yield(
-                OperationEvent(kind: .done, message: "cluster \(cluster.name) is \(target.rawValue)", cluster: outcome))
         } catch {
             let reason = DaemonError.from(error)
             outcome.state = .failed
             outcome.message = "\(operation.kind.rawValue) failed: \(reason); run it again"
-            try? await catalog.finish(operation, cluster: outcome)
             events.yield(OperationEvent(kind: .failed, error: APIError(code: reason.code, message: outcome.message!)))
         }
+        do {
+            try await commit { () async throws(CatalogError) in try await catalog.finish(operation, cluster: outcome) }
+        } catch {
+            // The journal stays; the next reconcile pass finds it orphaned and finishes it.
+            events.yield(
+                OperationEvent(
+                    kind: .failed,
+                    error: APIError(
+                        code: "unavailable",
+                        message: "the catalog did not record the \(operation.kind.rawValue): \(error); vcd retries it"))
+            )
+            return
+        }
+        guard outcome.state == target else { return }
+        node.logger.info(
+            "\(operation.kind.rawValue)d",
+            metadata: ["cluster": "\(cluster.name)", "seconds": "\(ContinuousClock.now - started)"])
+        events.yield(
+            OperationEvent(kind: .done, message: "cluster \(cluster.name) is \(target.rawValue)", cluster: outcome))
     }
 
     // MARK: - reading

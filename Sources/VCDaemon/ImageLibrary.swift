@@ -36,6 +36,10 @@ public struct ImageLibrary: Sendable {
                 throw CatalogError.alreadyExists(kind: "image", name: request.name)
             }
             facts = try await ImageInspector.inspect(request.path)
+            if facts.format == "qcow2", node.chap != nil {
+                throw DaemonError.invalid(
+                    "qcow2 import with CHAP is not supported yet; convert to raw first (qemu-img convert -O raw)")
+            }
             // LUNs are whole 512-byte blocks.
             let size = (facts.virtualSize + 511) / 512 * 512
             let free = try node.pool.status().freeBytes
@@ -47,7 +51,15 @@ public struct ImageLibrary: Sendable {
             image = GoldenImage(
                 name: request.name, state: .importing, sourceFormat: facts.format, sizeBytes: size,
                 file: GoldenImage.file(for: request.name), node: node.name, importedAt: node.now())
-            try await node.catalog.createImage(image)
+            guard await node.locks.tryLock(Self.lockName(request.name)) else {
+                throw DaemonError.conflict("image '\(request.name)' is being imported already")
+            }
+            do {
+                try await node.catalog.createImage(image)
+            } catch {
+                await node.locks.unlock(Self.lockName(request.name))
+                throw error
+            }
         } catch {
             throw DaemonError.from(error)
         }
@@ -55,6 +67,7 @@ public struct ImageLibrary: Sendable {
         Task {
             await run(image, source: request.path, facts: facts, events: events)
             events.finish()
+            await node.locks.unlock(Self.lockName(image.name))
         }
         return stream
     }
@@ -121,14 +134,8 @@ public struct ImageLibrary: Sendable {
     private func convertQcow2(
         _ source: String, iqn: String, total: UInt64, events: AsyncStream<OperationEvent>.Continuation
     ) async throws {
-        let parts = node.configuration.iscsi.portal
         let target =
-            "driver=iscsi,transport=tcp,portal=\(parts),target=\(iqn),lun=1,initiator-name=\(node.initiator)"
-            + (node.chap.map { ",user=\($0.user),password-secret=" } ?? "")
-        guard node.chap == nil else {
-            throw DaemonError.invalid(
-                "qcow2 import with CHAP is not supported yet; convert to raw first (qemu-img convert -O raw)")
-        }
+            "driver=iscsi,transport=tcp,portal=\(node.configuration.iscsi.portal),target=\(iqn),lun=1,initiator-name=\(node.initiator)"
         try await HostCommand.run(
             "qemu-img", ["convert", "-n", "-f", "qcow2", "--target-image-opts", source, target],
             timeout: .seconds(6 * 3600), logger: node.logger)
@@ -160,12 +167,18 @@ public struct ImageLibrary: Sendable {
         }
     }
 
-    /// Imports this node was running when it stopped cannot be resumed: drop them.
+    /// Imports a previous vcd of this node was running cannot be resumed: drop them. An
+    /// import of this vcd holds its image's lock and is left alone.
     func recover() async {
         guard let images = try? await node.catalog.images() else { return }
         for image in images where image.state == .importing && image.node == node.name {
+            guard await node.locks.tryLock(Self.lockName(image.name)) else { continue }
             node.logger.warning("discarding an interrupted import", metadata: ["image": "\(image.name)"])
             await discard(image)
+            await node.locks.unlock(Self.lockName(image.name))
         }
     }
+
+    /// Image locks share the table with clusters; `/` keeps the names apart.
+    static func lockName(_ image: String) -> String { "image/\(image)" }
 }

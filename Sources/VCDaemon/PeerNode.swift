@@ -18,6 +18,8 @@ public struct PeerNode: Sendable {
     public let addresses: AddressPlan
     public let accelerator: Accelerator
     public let capacity: NodeCapacity
+    /// Which clusters and images a task of this vcd is working on.
+    public let locks = ClusterLocks()
 
     public var name: String { configuration.node }
     public var initiator: String { Naming.initiatorIQN(node: name) }

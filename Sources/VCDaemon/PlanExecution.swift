@@ -30,8 +30,9 @@ struct PlanExecution: Sendable {
                     try machineCompleted(await counter.machineDone())
                 }
             }
-            // The first failure cancels the other chains; rollback then undoes them all.
-            try await group.waitForAll()
+            // The first failure leaves this loop, which cancels the other chains (they stop
+            // before their next step); rollback then undoes them all.
+            for try await _ in group {}
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for step in plan.final {

@@ -3,31 +3,39 @@ import ServiceLifecycle
 import VCCatalog
 import VCModel
 
-/// Makes this node's share of the world match the catalog. At start it first finishes or
-/// undoes the operations this node was running when it stopped (the journal), then, every
-/// `interval`, it re-makes what a restart of the host, tgtd or dnsmasq loses: bridges,
-/// DHCP servers, exports, and the VMs of running clusters.
+/// Makes this node's share of the world match the catalog. Each pass first finishes or
+/// undoes the operations of this node that nothing here runs any more (the journal of a
+/// previous vcd, or an operation whose last catalog write failed), then re-makes what a
+/// restart of the host, tgtd or dnsmasq loses: bridges, DHCP servers, exports, and the
+/// VMs of running clusters. A pass runs at start and every `reconcileIntervalSeconds`.
 public struct Reconciler: Service, CustomStringConvertible {
     public var description: String { "Reconciler" }
     let node: PeerNode
     let lifecycle: ClusterLifecycle
     let images: ImageLibrary
     public func run() async throws {
-        await recoverOperations()
         await images.recover()
         let seconds = node.configuration.reconcileIntervalSeconds
-        await reconcile()
+        await pass()
         guard seconds > 0 else {
             try? await gracefulShutdown()
             return
         }
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(seconds)) }
-            await reconcile()
+            await pass()
         }
     }
 
-    /// Finishes or undoes every operation this node left in the journal.
+    func pass() async {
+        await recoverOperations()
+        await reconcile()
+    }
+
+    /// Finishes or undoes every operation of this node that no task here is running: one
+    /// left by a previous vcd, or one whose last catalog write failed. A live operation
+    /// holds its cluster's lock from before its journal entry is written until after it is
+    /// removed, so an entry whose cluster is free here is an orphan.
     func recoverOperations() async {
         let operations: [ClusterOperation]
         do {
@@ -39,70 +47,98 @@ public struct Reconciler: Service, CustomStringConvertible {
             return
         }
         for operation in operations {
-            var logger = node.logger
-            logger[metadataKey: "cluster"] = "\(operation.cluster)"
-            let (_, events) = AsyncStream<OperationEvent>.makeStream()
-            guard let cluster = try? await node.catalog.cluster(operation.cluster)?.value else {
-                logger.warning("dropping a journal entry without its cluster")
-                try? await node.catalog.etcd.delete(node.catalog.operationKey(operation.cluster))
-                continue
-            }
-            logger.notice(
-                "recovering an interrupted operation",
-                metadata: ["operation": "\(operation.kind.rawValue)", "recovery": "\(operation.recovery)"])
-            switch operation.kind {
-            case .create:
-                await lifecycle.rollBack(
-                    cluster, operation: operation, reason: .failed("vcd stopped during the create"), events: events)
-            case .destroy:
-                await lifecycle.runDestroy(cluster, operation: operation, events: events)
-            case .suspend:
-                await lifecycle.runTransition(
-                    cluster, operation: operation, plan: .suspend(cluster), to: .suspended, events: events)
-            case .resume:
-                await lifecycle.runTransition(
-                    cluster, operation: operation, plan: .resume(cluster), to: .running, events: events)
-            }
-            events.finish()
+            guard await node.locks.tryLock(operation.cluster) else { continue }
+            await recover(operation)
+            await node.locks.unlock(operation.cluster)
         }
     }
 
-    /// One pass over the clusters that have VMs here and no operation running.
-    func reconcile() async {
+    private func recover(_ operation: ClusterOperation) async {
+        var logger = node.logger
+        logger[metadataKey: "cluster"] = "\(operation.cluster)"
+        let found: VirtualCluster?
         do {
-            let busy = Set(try await node.catalog.operations().map(\.cluster))
-            for cluster in try await node.catalog.clusters().map(\.value)
-            where cluster.state == .running && !busy.contains(cluster.name)
-                && cluster.vms.contains(where: { $0.node == node.name })
-            {
-                let runner = StepRunner(node: node, cluster: cluster, image: nil)
-                do {
-                    try await runner.perform(.bridge)
-                    try await runner.perform(.dhcp)
-                    for vm in cluster.vms where vm.node == node.name {
-                        try await runner.perform(.export(vm: vm.name))
-                        let active = try await node.hypervisor.run { try $0.domain(named: vm.name)?.isActive ?? false }
-                        if active {
-                            // A crash between start and release leaves it paused.
-                            try await runner.perform(.release(vm: vm.name))
-                        } else {
-                            node.logger.notice("starting a VM that should run", metadata: ["vm": "\(vm.name)"])
-                            try await runner.perform(.verify(vm: vm.name))
-                            if try await node.hypervisor.run({ try $0.domain(named: vm.name) == nil }) {
-                                try await runner.perform(.define(vm: vm.name))
-                            }
-                            try await runner.perform(.start(vm: vm.name))
-                            try await runner.perform(.release(vm: vm.name))
-                        }
-                    }
-                } catch {
-                    node.logger.warning(
-                        "reconcile failed",
-                        metadata: ["cluster": "\(cluster.name)", "error": "\(DaemonError.from(error))"])
-                }
-            }
+            // Read the entry again under the lock: it may have been closed meanwhile.
+            guard try await node.catalog.operation(operation.cluster) == operation else { return }
+            found = try await node.catalog.cluster(operation.cluster)?.value
         } catch {
-            node.logger.warning("reconcile skipped", metadata: ["error": "\(DaemonError.from(error))"])
+            // Not "missing": etcd may be electing. Try again on the next pass.
+            logger.warning("cannot read an interrupted operation yet", metadata: ["error": "\(error)"])
+            return
+        }
+        guard let cluster = found else {
+            logger.warning("dropping a journal entry without its cluster")
+            try? await node.catalog.dropOperation(operation)
+            return
+        }
+        logger.notice(
+            "recovering an interrupted operation",
+            metadata: ["operation": "\(operation.kind.rawValue)", "recovery": "\(operation.recovery)"])
+        let (_, events) = AsyncStream<OperationEvent>.makeStream()
+        defer { events.finish() }
+        switch operation.kind {
+        case .create:
+            await lifecycle.rollBack(
+                cluster, operation: operation, reason: .failed("vcd stopped during the create"), events: events)
+        case .destroy:
+            await lifecycle.runDestroy(cluster, operation: operation, events: events)
+        case .suspend:
+            await lifecycle.runTransition(
+                cluster, operation: operation, plan: .suspend(cluster), to: .suspended, events: events)
+        case .resume:
+            await lifecycle.runTransition(
+                cluster, operation: operation, plan: .resume(cluster), to: .running, events: events)
+        }
+    }
+
+    /// One pass over the running clusters with VMs here. Each is worked on under its lock
+    /// and re-read under it, so that a pass never overlaps an operation on the cluster.
+    func reconcile() async {
+        let names: [String]
+        do {
+            names = try await node.catalog.clusters().map(\.value)
+                .filter { $0.state == .running && $0.vms.contains { $0.node == node.name } }.map(\.name)
+        } catch {
+            if !Task.isCancelled {
+                node.logger.warning("reconcile skipped", metadata: ["error": "\(DaemonError.from(error))"])
+            }
+            return
+        }
+        for name in names {
+            guard await node.locks.tryLock(name) else { continue }
+            do {
+                if try await node.catalog.operation(name) == nil,
+                    let cluster = try await node.catalog.cluster(name)?.value,
+                    cluster.state == .running
+                {
+                    try await reconcile(cluster)
+                }
+            } catch {
+                node.logger.warning(
+                    "reconcile failed", metadata: ["cluster": "\(name)", "error": "\(DaemonError.from(error))"])
+            }
+            await node.locks.unlock(name)
+        }
+    }
+
+    /// Re-makes what a running cluster's VMs on this node need, and starts those that stopped.
+    private func reconcile(_ cluster: VirtualCluster) async throws {
+        let runner = StepRunner(node: node, cluster: cluster, image: nil)
+        try await runner.perform(.bridge)
+        try await runner.perform(.dhcp)
+        for vm in cluster.vms where vm.node == node.name {
+            try await runner.perform(.export(vm: vm.name))
+            let active = try await node.hypervisor.run { try $0.domain(named: vm.name)?.isActive ?? false }
+            if !active {
+                node.logger.notice("starting a VM that should run", metadata: ["vm": "\(vm.name)"])
+                try await runner.perform(.verify(vm: vm.name))
+                if try await node.hypervisor.run({ try $0.domain(named: vm.name) == nil }) {
+                    try await runner.perform(.define(vm: vm.name))
+                }
+                try await runner.perform(.start(vm: vm.name))
+            }
+            // Also frees one a crash left paused between start and release.
+            try await runner.perform(.release(vm: vm.name))
         }
     }
 }

@@ -7,9 +7,10 @@ import VCModel
 import VCNetwork
 import VCStorage
 
-/// Carries out one step of a plan on this node, or undoes it. Every step is idempotent
-/// and every undo tolerates a step that never happened, so recovery can replay a whole
-/// plan after a crash.
+/// Carries out one step of a plan on this node, or undoes it. Every step can be run
+/// again after a crash (a snapshot is only ever made by a create, which recovery undoes,
+/// never redoes), and every undo tolerates a step that never happened, so recovery can
+/// replay a whole plan.
 struct StepRunner: Sendable {
     let node: PeerNode
     let cluster: VirtualCluster
@@ -78,6 +79,9 @@ struct StepRunner: Sendable {
     }
 
     func undo(_ step: Step) async throws {
+        if let delay = node.configuration.testing.stepDelayMilliseconds {
+            try await Task.sleep(for: .milliseconds(delay))
+        }
         logger.debug("undo", metadata: ["step": "\(step)"])
         switch step {
         case .bridge:
@@ -123,33 +127,46 @@ struct StepRunner: Sendable {
     private func start(_ m: VirtualMachine) async throws {
         let savePath = node.pool.path(m.saveFile)
         let hasImage = node.pool.exists(m.saveFile)
+        // A resume must restore memory; booting afresh would silently lose the guests' state.
+        let mustRestore = cluster.state == .resuming
         try await node.hypervisor.run { conn in
             guard let d = try conn.domain(named: m.name) else {
                 throw DaemonError.failed("domain \(m.name) is not defined")
             }
             if d.isActive { return }
-            if hasImage { try conn.restore(from: savePath, paused: true) } else { try d.start(paused: true) }
+            if hasImage {
+                try conn.restore(from: savePath, paused: true)
+            } else if mustRestore {
+                throw DaemonError.failed(
+                    "the memory image of \(m.name) is missing (\(m.saveFile)); it cannot resume. Destroy the cluster, or suspend it again first"
+                )
+            } else {
+                try d.start(paused: true)
+            }
         }
         if hasImage { try node.pool.remove(m.saveFile) }
     }
 
     /// Saves a running VM's memory into the pool. The image is written under a temporary
     /// name and renamed when complete, so a crash never leaves a truncated image that a
-    /// resume would trust.
+    /// resume would trust. If a save completed but vcd died before the rename (libvirtd
+    /// finishes a save job without its client), the complete image is kept, not redone.
     private func save(_ m: VirtualMachine) async throws {
         let final = node.pool.path(m.saveFile)
         let partial = final + ".partial"
-        try node.pool.remove(m.saveFile + ".partial")
         try HostFiles.makeDirectories(HostFiles.parent(final))
-        let saved = try await node.hypervisor.run { conn -> Bool in
+        let keep = try await node.hypervisor.run { conn -> Bool in
             guard let d = try conn.domain(named: m.name) else {
                 throw DaemonError.failed("domain \(m.name) is not defined")
             }
-            guard d.isActive else { return false }
-            try d.save(to: partial)
-            return true
+            if d.isActive {
+                unlink(partial)
+                try d.save(to: partial)
+                return true
+            }
+            return access(partial, F_OK) == 0 && conn.isSaveImage(partial)
         }
-        if saved {
+        if keep {
             guard rename(partial, final) == 0 else {
                 throw DaemonError.failed("could not keep \(m.name)'s memory image: \(String(cString: strerror(errno)))")
             }

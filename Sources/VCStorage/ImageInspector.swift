@@ -28,13 +28,22 @@ public enum ImageInspector {
             throw .notADiskImage(path: path, reason: error.reason)
         }
         struct Info: Decodable {
+            struct Specific: Decodable {
+                struct Data: Decodable {
+                    var dataFile: String?
+                    enum CodingKeys: String, CodingKey { case dataFile = "data-file" }
+                }
+                var data: Data?
+            }
             var format: String
             var virtualSize: UInt64
-            var actualSize: UInt64?
+            var backingFilename: String?
+            var formatSpecific: Specific?
             enum CodingKeys: String, CodingKey {
                 case format
                 case virtualSize = "virtual-size"
-                case actualSize = "actual-size"
+                case backingFilename = "backing-filename"
+                case formatSpecific = "format-specific"
             }
         }
         guard let parsed = try? JSONDecoder().decode(Info.self, from: Data(info.stdout.utf8)) else {
@@ -42,7 +51,15 @@ public enum ImageInspector {
         }
         switch parsed.format {
         case "qcow2":
-            break
+            // vcd reads the image as root: a backing or data file would let the image pull
+            // in any file of this host.
+            if let backing = parsed.backingFilename {
+                throw .notADiskImage(
+                    path: path, reason: "it has a backing file (\(backing)); flatten it with qemu-img convert first")
+            }
+            if let data = parsed.formatSpecific?.data?.dataFile {
+                throw .notADiskImage(path: path, reason: "it has an external data file (\(data)); flatten it first")
+            }
         case "raw":
             guard parsed.virtualSize >= 512 else {
                 throw .notADiskImage(path: path, reason: "it is smaller than one sector")

@@ -77,7 +77,18 @@ import VCModel
                 let c = try await bed.catalogCluster(name)
                 return (c?.state == .destroying ? true : nil, "\(c?.state.rawValue ?? "gone")")
             }
-            try await Task.sleep(for: .milliseconds(700))
+            // Another operation on the same cluster is refused meanwhile.
+            let busy = try await bed.vc(["cluster", "suspend", name])
+            #expect(busy.status == 4, "\(busy)")
+            #expect(busy.stderr.contains("is busy"), "\(busy)")
+            // Midway: the first domain is gone (undefine is a VM's second undo step), the
+            // network, undone last, is not.
+            _ = try await eventually(
+                "the first domain to be undefined", timeout: .seconds(30), every: .milliseconds(50)
+            ) {
+                let names = try await bed.domainNames()
+                return (!names.contains("\(name)-1") ? true : nil, "\(names)")
+            }
             bed.stopVCD(signal: SIGKILL)
             _ = try await client.value
             // Killed midway: the network goes last, so it is still there.
@@ -92,6 +103,45 @@ import VCModel
             #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
         }
     }
+    @Test(.timeLimit(.minutes(10)))
+    func vcdKilledDuringSuspendKeepsEveryMemoryImageAndResumes() async throws {
+        try await Testbed.with(hooks: "testing:\n  stepDelayMilliseconds: 300") { bed in
+            try await bed.importTiny()
+            let name = "ks-\(bed.id)"
+            let created = try await bed.vc([
+                "cluster", "create", name, "--image", "tiny", "--vms", "2", "--memory", "128M",
+            ])
+            #expect(created.status == 0, "\(created)")
+            _ = try await bed.waitForConsoles(["\(name)-1", "\(name)-2"], marker: Build.wroteMarker)
+
+            let vc = bed.vcInvocation(["cluster", "suspend", name])
+            let client = Task { try await sh(vc.program, vc.arguments) }
+            let saves = "\(bed.poolPath)/saves/\(name)"
+            _ = try await eventually("a memory image being written", timeout: .seconds(60), every: .milliseconds(50)) {
+                let files = (try? FileManager.default.contentsOfDirectory(atPath: saves)) ?? []
+                return (files.isEmpty ? nil : true, "\(files)")
+            }
+            bed.stopVCD(signal: SIGKILL)
+            _ = try await client.value
+            #expect(try await bed.catalogCluster(name)?.state == .suspending)
+
+            // The restarted vcd finishes the suspend: every VM's memory is kept.
+            try await bed.startVCD()
+            _ = try await eventually("the interrupted suspend to finish", timeout: .seconds(120)) {
+                let c = try await bed.catalogCluster(name)
+                return (c?.state == .suspended ? true : nil, "\(c?.state.rawValue ?? "gone")")
+            }
+            for vm in ["\(name)-1", "\(name)-2"] {
+                #expect(FileManager.default.fileExists(atPath: "\(saves)/\(vm).save"), "memory image of \(vm)")
+                #expect(try await bed.domainState(vm) == "shut off")
+            }
+            let resumed = try await bed.vc(["cluster", "resume", name])
+            #expect(resumed.status == 0, "\(resumed)")
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: saves)) ?? []
+            #expect(files.isEmpty, "restore consumed every image: \(files)")
+            #expect(try await bed.vc(["cluster", "destroy", name]).status == 0)
+        }
+    }
 }
 
 /// Bad input and missing daemons: one line that says what is wrong and what to do, a
@@ -103,6 +153,10 @@ import VCModel
             try await bed.importTiny()
             let junk = "\(bed.root)/notes.txt"
             try "this is not a disk\n".write(toFile: junk, atomically: true, encoding: .utf8)
+            // A qcow2 whose backing file would make vcd read a host file of the user's choice.
+            let overlay = "\(bed.root)/overlay.qcow2"
+            let made = try await sh("qemu-img", ["create", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", overlay])
+            #expect(made.status == 0, "\(made)")
             let cases: [([String], Int32, String)] = [
                 (
                     ["cluster", "create", "x1", "--image", "nope", "--vms", "1"], 3,
@@ -133,6 +187,7 @@ import VCModel
                 (["image", "import", "Bad.Name", Build.tinyImage], 2, "invalid image name"),
                 (["image", "import", "tiny", Build.tinyImage], 4, "image 'tiny' already exists"),
                 (["image", "import", "gone", "\(bed.root)/missing.img"], 2, "cannot read"),
+                (["image", "import", "overlay", overlay], 2, "has a backing file"),
                 (["cluster", "show", "ghost"], 3, "no cluster named 'ghost'"),
                 (["cluster", "suspend", "ghost"], 3, "no cluster named 'ghost'"),
                 (["vm", "console", "ghost-1"], 3, "no VM named 'ghost-1'"),

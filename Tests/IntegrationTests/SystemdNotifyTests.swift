@@ -10,16 +10,26 @@ import VCModel
     func readyOnlyWhenServingThenWatchdogPingsThenStopping() async throws {
         let bed = Testbed()
         try FileManager.default.createDirectory(atPath: bed.root, withIntermediateDirectories: true)
-        try await bed.startTGTD()
-        defer { Task.detached { [root = bed.root] in try? FileManager.default.removeItem(atPath: root) } }
-        try bed.configuration(hooks: "", accelerator: "tcg").write(
-            toFile: bed.configPath, atomically: true, encoding: .utf8)
         let socket = try NotifySocket(path: "\(bed.root)/notify.sock")
-        defer { socket.close() }
+        var vcd: ChildProcess?
+        do {
+            try await bed.startTGTD()
+            try bed.configuration(hooks: "", accelerator: "tcg").write(
+                toFile: bed.configPath, atomically: true, encoding: .utf8)
+            vcd = try ChildProcess(
+                "\(Build.binDirectory)/vcd", ["-c", bed.configPath], log: bed.logPath,
+                environment: ["NOTIFY_SOCKET": socket.path, "WATCHDOG_USEC": "400000"])
+            try await check(bed, socket, vcd!)
+        } catch {
+            bed.dumpLog()
+            vcd?.stop(SIGKILL)
+            await cleanUp(bed, socket)
+            throw error
+        }
+        await cleanUp(bed, socket)
+    }
 
-        let vcd = try ChildProcess(
-            "\(Build.binDirectory)/vcd", ["-c", bed.configPath], log: bed.logPath,
-            environment: ["NOTIFY_SOCKET": socket.path, "WATCHDOG_USEC": "400000"])
+    private func check(_ bed: Testbed, _ socket: NotifySocket, _ vcd: ChildProcess) async throws {
         var messages: [String] = []
         let ready = try await eventually("READY=1", timeout: .seconds(60), every: .milliseconds(50)) {
             messages += socket.drain()
@@ -40,9 +50,14 @@ import VCModel
         vcd.stop(SIGTERM)
         messages += socket.drain()
         #expect(messages.contains("STOPPING=1"), "\(messages)")
+    }
+
+    private func cleanUp(_ bed: Testbed, _ socket: NotifySocket) async {
+        socket.close()
         try? await bed.stopTGTD()
         _ = try? await sh("umount", [bed.poolPath])
         _ = try? await sh("etcdctl", ["del", "--prefix", bed.prefix])
+        try? FileManager.default.removeItem(atPath: bed.root)
     }
 }
 
