@@ -28,7 +28,6 @@ for i in $(seq 1 "$runs"); do
   ref+=("$(elapsed_ms "$start")")
   rm -f "$POOL/images/dd$i.raw"
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 o=$(median "${ours[@]}"); r=$(median "${ref[@]}")
 
 echo "## Importing a 1 GiB raw image (incompressible, no zero blocks), median of $runs"

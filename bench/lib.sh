@@ -76,4 +76,5 @@ row() { printf '|'; for c in "$@"; do printf ' %s |' "$c"; done; echo; }
 
 # Exclusive bytes of a file on btrfs: what it costs beyond what it shares.
 exclusive_bytes() { sync -f "$1"; btrfs filesystem du --raw -s "$1" | awk 'NR == 2 { print $2 }'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.2f MiB", b / 1048576 }'; }

@@ -27,7 +27,7 @@ for i in $(seq 1 "$runs"); do
   tgtadm --lld iscsi --op delete --mode target --tid "$tid" --force
   rm -f "$POOL/disks/ref-$i.raw"
 done
-ref_median=$(printf '%s\n' "${samples[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int(NR / 2) + 1] }')
+ref_median=$(median "${samples[@]}")
 
 echo "## Provisioning one VM disk (clone, export, libiscsi checks), $runs runs"
 table "path" "median (ms)" "min (ms)" "max (ms)"

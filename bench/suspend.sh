@@ -36,7 +36,6 @@ for _ in $(seq 1 "$runs"); do
   sync; start=$(ms); for d in $domains; do virsh -q -c qemu:///system start "$d" >/dev/null; done
   seq_r+=("$(elapsed_ms "$start")")
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 os=$(median "${ours_s[@]}"); or=$(median "${ours_r[@]}")
 ps=$(median "${par_s[@]}"); pr=$(median "${par_r[@]}")
 ss=$(median "${seq_s[@]}"); sr=$(median "${seq_r[@]}")

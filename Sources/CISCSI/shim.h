@@ -37,7 +37,6 @@ static inline int peerless_unmarshall_readcapacity16(struct scsi_task *task, uin
 
 static inline int peerless_task_status(struct scsi_task *task) { return task->status; }
 static inline int peerless_task_sense_key(struct scsi_task *task) { return (int)task->sense.key; }
-static inline int peerless_task_sense_ascq(struct scsi_task *task) { return (int)task->sense.ascq; }
 static inline int peerless_task_datain(struct scsi_task *task, const unsigned char **data) {
     *data = task->datain.data;
     return task->datain.size;

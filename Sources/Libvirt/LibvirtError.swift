@@ -15,7 +15,6 @@ public struct LibvirtError: Error, Sendable, CustomStringConvertible {
     public var description: String { "\(operation): \(message)" }
 
     public var isNoDomain: Bool { code == Int32(VIR_ERR_NO_DOMAIN.rawValue) }
-    public var isOperationInvalid: Bool { code == Int32(VIR_ERR_OPERATION_INVALID.rawValue) }
     /// The connection to libvirtd broke (libvirtd restarted or stopped).
     public var isConnectionLost: Bool {
         code == Int32(VIR_ERR_SYSTEM_ERROR.rawValue) || code == Int32(VIR_ERR_RPC.rawValue)

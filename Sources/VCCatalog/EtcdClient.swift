@@ -61,7 +61,6 @@ public enum Compare: Sendable {
 public enum TxnOp: Sendable {
     case put(String, [UInt8], lease: Int64? = nil)
     case delete(String)
-    case deletePrefix(String)
 }
 
 /// A small client for etcd's v3 JSON gateway (`/v3/kv/range`, `/v3/kv/txn`, leases).
@@ -100,11 +99,6 @@ public struct EtcdClient: Sendable {
 
     public func delete(_ key: String) async throws(CatalogError) {
         let _: Header = try await call("/v3/kv/deleterange", ["key": b64(key)])
-    }
-
-    public func deletePrefix(_ prefix: String) async throws(CatalogError) {
-        let _: Header = try await call(
-            "/v3/kv/deleterange", ["key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix))])
     }
 
     /// Runs `success` if every comparison holds, else `failure`. Returns whether it held.
@@ -157,8 +151,6 @@ public struct EtcdClient: Sendable {
             return ["request_put": put]
         case .delete(let key):
             return ["request_delete_range": ["key": b64(key)]]
-        case .deletePrefix(let prefix):
-            return ["request_delete_range": ["key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix))]]
         }
     }
 

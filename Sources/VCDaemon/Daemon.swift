@@ -7,6 +7,7 @@ import NIOCore
 import ServiceLifecycle
 import Systemd
 import VCCatalog
+import VCHost
 import VCModel
 import VCStorage
 
@@ -30,7 +31,7 @@ public enum Daemon {
                 address: .hostname(configuration.api.host, port: configuration.api.port), serverName: "vcd"),
             onServerRunning: { _ in await readiness.listenerBound() }, logger: logger)
         let socketPath = configuration.api.socket
-        try makeDirectory(String(socketPath[..<(socketPath.lastIndex(of: "/") ?? socketPath.startIndex)]))
+        try HostFiles.makeDirectories(String(socketPath[..<(socketPath.lastIndex(of: "/") ?? socketPath.startIndex)]))
         unlink(socketPath)
         let local = Application(
             router: routes.router(),
@@ -91,7 +92,7 @@ public enum Daemon {
                     "backing": "\(poolStatus.backing)",
                 ])
 
-            try makeDirectory(configuration.stateDirectory)
+            try HostFiles.makeDirectories(configuration.stateDirectory)
             let accelerator = await AcceleratorProbe(
                 configuration: configuration.accelerator, cacheFile: "\(configuration.stateDirectory)/accelerator.json",
                 logger: logger
@@ -117,10 +118,6 @@ public enum Daemon {
             throw DaemonError.from(error)
         }
     }
-
-    static func makeDirectory(_ path: String) throws {
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
 }
 
 /// One vcd per state directory: an exclusive flock held for the life of the process, so a
@@ -129,7 +126,7 @@ struct InstanceLock {
     private let fd: Int32
 
     init(directory: String) throws {
-        try Daemon.makeDirectory(directory)
+        try HostFiles.makeDirectories(directory)
         let path = "\(directory)/vcd.lock"
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw DaemonError.failed("cannot open \(path): \(String(cString: strerror(errno)))") }

@@ -22,15 +22,6 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
     /// Save the domain's memory to the pool and stop it.
     case save(vm: String)
 
-    public var vm: String? {
-        switch self {
-        case .bridge, .dhcp: return nil
-        case .snapshot(let vm), .export(let vm), .verify(let vm), .define(let vm), .start(let vm), .release(let vm),
-            .save(let vm):
-            return vm
-        }
-    }
-
     public var description: String {
         switch self {
         case .bridge: return "bridge"
