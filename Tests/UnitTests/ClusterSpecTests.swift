@@ -90,10 +90,15 @@ import Testing
         #expect(c.vms.allSatisfy { $0.node == "n1" })
     }
 
-    @Test func createPlanMakesNetworkFirstThenEachVMInOrder() throws {
-        let c = ClusterLayout.make(
-            spec: ClusterSpec(name: "a", image: "i", vms: 2), subnet: 1, node: "n", addresses: try AddressPlan(),
+    /// Cluster "a" on subnet 1 of node "n".
+    func cluster(vms: Int) throws -> VirtualCluster {
+        ClusterLayout.make(
+            spec: ClusterSpec(name: "a", image: "i", vms: vms), subnet: 1, node: "n", addresses: try AddressPlan(),
             now: now)
+    }
+
+    @Test func createPlanMakesNetworkFirstThenEachVMInOrder() throws {
+        let c = try cluster(vms: 2)
         let plan = ClusterPlan.create(c)
         #expect(plan.shared == [.bridge, .dhcp])
         #expect(
@@ -105,18 +110,14 @@ import Testing
     }
 
     @Test func teardownUndoesTheCreateBackwardsWithoutChecks() throws {
-        let c = ClusterLayout.make(
-            spec: ClusterSpec(name: "a", image: "i", vms: 2), subnet: 1, node: "n", addresses: try AddressPlan(),
-            now: now)
+        let c = try cluster(vms: 2)
         let plan = ClusterPlan.teardown(c)
         #expect(plan.shared == [.dhcp, .bridge])
         #expect(plan.machines[0] == [.start(vm: "a-1"), .define(vm: "a-1"), .export(vm: "a-1"), .snapshot(vm: "a-1")])
     }
 
     @Test func resumeRemakesWhatARestartLosesBeforeRestoring() throws {
-        let c = ClusterLayout.make(
-            spec: ClusterSpec(name: "a", image: "i", vms: 1), subnet: 1, node: "n", addresses: try AddressPlan(),
-            now: now)
+        let c = try cluster(vms: 1)
         #expect(ClusterPlan.resume(c).shared == [.bridge, .dhcp])
         #expect(ClusterPlan.resume(c).machines[0] == [.export(vm: "a-1"), .verify(vm: "a-1"), .start(vm: "a-1")])
         #expect(ClusterPlan.resume(c).final == [.release(vm: "a-1")])
