@@ -57,10 +57,19 @@ public struct ClusterLifecycle: Sendable {
     }
 
     /// Makes this task the only one on this node working on the cluster.
+    /// A repair pass that holds the cluster is waited for; another operation is not.
     private func lock(_ name: String) async throws(DaemonError) {
-        guard await node.locks.tryLock(name) else {
-            throw .conflict(
-                "cluster '\(name)' is busy: another operation on it is running on this node; retry when it ends")
+        do {
+            try await node.locks.lockForOperation(name, patience: .seconds(30))
+        } catch {
+            switch error {
+            case .busy:
+                throw .conflict(
+                    "cluster '\(name)' is busy: another operation on it is running on this node; retry when it ends")
+            case .repairTooLong:
+                throw .conflict(
+                    "cluster '\(name)' is busy: vcd has been repairing it for 30 s; see 'journalctl -u vcd' and retry")
+            }
         }
     }
 

@@ -51,7 +51,7 @@ public struct ImageLibrary: Sendable {
             image = GoldenImage(
                 name: request.name, state: .importing, sourceFormat: facts.format, sizeBytes: size,
                 file: GoldenImage.file(for: request.name), node: node.name, importedAt: node.now())
-            guard await node.locks.tryLock(Self.lockName(request.name)) else {
+            guard await node.locks.tryLock(Self.lockName(request.name), as: .operation) else {
                 throw DaemonError.conflict("image '\(request.name)' is being imported already")
             }
             do {
@@ -172,7 +172,7 @@ public struct ImageLibrary: Sendable {
     func recover() async {
         guard let images = try? await node.catalog.images() else { return }
         for image in images where image.state == .importing && image.node == node.name {
-            guard await node.locks.tryLock(Self.lockName(image.name)) else { continue }
+            guard await node.locks.tryLock(Self.lockName(image.name), as: .operation) else { continue }
             node.logger.warning("discarding an interrupted import", metadata: ["image": "\(image.name)"])
             await discard(image)
             await node.locks.unlock(Self.lockName(image.name))

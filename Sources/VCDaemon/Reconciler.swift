@@ -47,7 +47,7 @@ public struct Reconciler: Service, CustomStringConvertible {
             return
         }
         for operation in operations {
-            guard await node.locks.tryLock(operation.cluster) else { continue }
+            guard await node.locks.tryLock(operation.cluster, as: .operation) else { continue }
             await recover(operation)
             await node.locks.unlock(operation.cluster)
         }
@@ -105,7 +105,7 @@ public struct Reconciler: Service, CustomStringConvertible {
             return
         }
         for name in names {
-            guard await node.locks.tryLock(name) else { continue }
+            guard await node.locks.tryLock(name, as: .repair) else { continue }
             do {
                 if try await node.catalog.operation(name) == nil,
                     let cluster = try await node.catalog.cluster(name)?.value,
