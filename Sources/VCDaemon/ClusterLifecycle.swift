@@ -38,10 +38,11 @@ public struct ClusterLifecycle: Sendable {
             throw DaemonError.from(error)
         }
         do {
-            try node.capacity.admit(spec, committedMiB: try await node.committedMemoryMiB())
-            try await refuseExistingResources(spec)
-
-            let (cluster, operation) = try await claim(spec)
+            let (cluster, operation) = try await node.admission.admit { () async throws in
+                try node.capacity.admit(spec, committedMiB: try await node.committedMemoryMiB())
+                try await refuseExistingResources(spec)
+                return try await claim(spec)
+            }
             let (stream, events) = AsyncStream<OperationEvent>.makeStream()
             events.yield(
                 .step("planned \(cluster.vms.count) VMs on \(cluster.network.cidr) (\(cluster.network.bridge))"))
@@ -227,14 +228,7 @@ public struct ClusterLifecycle: Sendable {
     }
 
     public func resume(_ name: String) async throws(DaemonError) -> AsyncStream<OperationEvent> {
-        do {
-            if let c = try await catalog.cluster(name)?.value, c.state == .suspended {
-                try node.capacity.admit(c.spec, committedMiB: try await node.committedMemoryMiB(excluding: name))
-            }
-        } catch {
-            throw DaemonError.from(error)
-        }
-        return try await transition(
+        try await transition(
             name, kind: .resume, allowedFrom: [.suspended, .failed], already: .running, during: .resuming, to: .running
         ) {
             ClusterPlan.resume($0)
@@ -279,7 +273,15 @@ public struct ClusterLifecycle: Sendable {
             }
             operation = ClusterOperation(
                 id: UUID().uuidString, kind: kind, cluster: name, node: node.name, startedAt: node.now())
-            cluster = try await catalog.begin(operation, on: found, state: state, now: node.now())
+            // A suspended cluster commits no memory; the one that leaves that state here
+            // must fit, checked and recorded as one step.
+            cluster = try await node.admission.admit { () async throws in
+                if found.value.state == .suspended && state != .destroying {
+                    try node.capacity.admit(
+                        found.value.spec, committedMiB: try await node.committedMemoryMiB(excluding: name))
+                }
+                return try await catalog.begin(operation, on: found, state: state, now: node.now())
+            }
         } catch {
             await node.locks.unlock(name)
             throw DaemonError.from(error)

@@ -20,6 +20,8 @@ public struct PeerNode: Sendable {
     public let capacity: NodeCapacity
     /// Which clusters and images a task of this vcd is working on.
     public let locks = ClusterLocks()
+    /// Makes "does it fit" and "now it is committed" one step on this node.
+    public let admission = AdmissionGate()
 
     public var name: String { configuration.node }
     public var initiator: String { Naming.initiatorIQN(node: name) }

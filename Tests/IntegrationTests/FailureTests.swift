@@ -226,6 +226,39 @@ import VCModel
         }
     }
 
+    /// Two creates that each fit, but not together, arrive at once: exactly one is refused.
+    @Test(.timeLimit(.minutes(10)))
+    func twoCreatesAtOnceCannotOvercommitTheNode() async throws {
+        try await Testbed.with { bed in
+            try await bed.importTiny()
+            let status = try await bed.vcnodeStatus()
+            let capacity = status.record.capacity
+            let free = capacity.memoryMiB - capacity.reservedMiB - status.committedMemoryMiB
+            let each = free * 6 / 10
+            let names = ["oa-\(bed.id)", "ob-\(bed.id)"]
+            let results = try await withThrowingTaskGroup(of: (String, CommandResult).self) { group in
+                for name in names {
+                    let vc = bed.vcInvocation([
+                        "cluster", "create", name, "--image", "tiny", "--vms", "1", "--memory", "\(each)M",
+                    ])
+                    group.addTask { (name, try await sh(vc.program, vc.arguments)) }
+                }
+                return try await group.reduce(into: [String: CommandResult]()) { $0[$1.0] = $1.1 }
+            }
+            let made = names.filter { results[$0]?.status == 0 }
+            let refused = names.filter { results[$0]?.status == 2 }
+            #expect(made.count == 1 && refused.count == 1, "\(results)")
+            for name in refused {
+                #expect(results[name]?.stderr.contains("not enough memory") == true, "\(results)")
+                #expect(try await bed.leftovers(of: name, vms: 1, bridge: nil) == [])
+            }
+            for name in made {
+                #expect(try await bed.vc(["cluster", "destroy", name]).status == 0)
+            }
+            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+        }
+    }
+
     @Test(.timeLimit(.minutes(5)))
     func createWithTgtdDownFailsInOneLineAndMakesNothing() async throws {
         try await Testbed.with { bed in

@@ -1,0 +1,52 @@
+import Foundation
+import Testing
+import VCModel
+
+/// What the reconciler promises: a running cluster stays running through a dead QEMU and
+/// a restart of tgtd, without anyone typing a command.
+@Suite(.serialized) struct RepairTests {
+    @Test(.timeLimit(.minutes(10)))
+    func deadVMAndRestartedTgtdAreRepairedWithoutAnyCommand() async throws {
+        try await Testbed.with(hooks: "reconcileIntervalSeconds: 2") { bed in
+            try await bed.importTiny()
+            let name = "rp-\(bed.id)"
+            let created = try await bed.vc([
+                "cluster", "create", name, "--image", "tiny", "--vms", "2", "--memory", "128M",
+            ])
+            #expect(created.status == 0, "\(created)")
+            let vms = ["\(name)-1", "\(name)-2"]
+            _ = try await bed.waitForConsoles(vms, marker: Build.wroteMarker)
+            let exported = try await bed.targets().map(\.iqn).sorted()
+            #expect(exported.count == 2)
+
+            // tgtd restarted: every target is gone until vcd exports them again.
+            try await bed.stopTGTD()
+            try await bed.startTGTD()
+            _ = try await eventually("both disks exported again", timeout: .seconds(60)) {
+                let now = try await bed.targets().map(\.iqn).sorted()
+                return (now == exported ? true : nil, "\(now)")
+            }
+            // Still bound to this node's initiator only.
+            let cluster = try await bed.vcJSON(ClusterStatus.self, ["cluster", "show", name])
+            let url = "iscsi://127.0.0.1:\(bed.iscsiPort)/\(cluster.vms[0].disk)/1"
+            let stranger = try await sh("iscsi-inq", ["-i", "iqn.2026-11.dev.example:stranger", url])
+            #expect((stranger.stdout + stranger.stderr).contains("Target not found"), "\(stranger)")
+
+            // A VM whose QEMU died is started again, and boots from its re-exported disk:
+            // its console (appended to) shows a second boot that wrote to the disk.
+            let killed = try await sh("virsh", ["-c", "qemu:///system", "destroy", vms[0]])
+            #expect(killed.status == 0, "\(killed)")
+            _ = try await eventually("the dead VM to boot again", timeout: .seconds(300), every: .seconds(1)) {
+                let log = try await bed.console(vms[0])
+                let writes = log.split(whereSeparator: \.isNewline).filter { $0.contains(Build.wroteMarker) }.count
+                return (writes >= 2 ? true : nil, "\(writes) boots that wrote")
+            }
+            #expect(try await bed.domainState(vms[0]) == "running")
+            #expect(try await bed.domainState(vms[1]) == "running")
+            let show = try await bed.vcJSON(ClusterStatus.self, ["cluster", "show", name])
+            #expect(show.cluster.state == .running)
+            #expect(try await bed.vc(["cluster", "destroy", name]).status == 0)
+            #expect(try await bed.leftovers(of: name, vms: 2, bridge: cluster.cluster.network.bridge) == [])
+        }
+    }
+}
