@@ -2,6 +2,7 @@ import Logging
 import ServiceLifecycle
 import VCCatalog
 import VCModel
+import VCStorage
 
 /// Makes this node's share of the world match the catalog. Each pass first finishes or
 /// undoes the operations of this node that nothing here runs any more (the journal of a
@@ -126,8 +127,15 @@ public struct Reconciler: Service, CustomStringConvertible {
         let runner = StepRunner(node: node, cluster: cluster, image: nil)
         try await runner.perform(.bridge)
         try await runner.perform(.dhcp)
+        // One listing of tgtd's targets for the whole cluster; only missing or altered
+        // exports are made again.
+        let targets = try await node.exporter.targets()
         for vm in cluster.vms where vm.node == node.name {
-            try await runner.perform(.export(vm: vm.name))
+            let exported = targets.first { $0.iqn == vm.diskIQN }
+            if !TargetExporter.serves(exported, file: node.pool.path(vm.diskFile), to: [node.initiator]) {
+                node.logger.notice("exporting a disk tgtd lost", metadata: ["vm": "\(vm.name)"])
+                try await runner.perform(.export(vm: vm.name))
+            }
             let active = try await node.hypervisor.run { try $0.domain(named: vm.name)?.isActive ?? false }
             if !active {
                 node.logger.notice("starting a VM that should run", metadata: ["vm": "\(vm.name)"])

@@ -48,6 +48,12 @@ public actor TargetExporter {
         (controlPort > 0 ? ["--control-port", "\(controlPort)"] : []) + ["--lld", "iscsi"]
     }
 
+    /// Whether `target` serves `file` to `initiators` only, as `export` makes it.
+    public static func serves(_ target: TargetInfo?, file: String, to initiators: [String]) -> Bool {
+        guard let target else { return false }
+        return target.backingFiles == [file] && Set(target.initiators) == Set(initiators)
+    }
+
     /// Makes (or re-makes) the target `iqn` serving `file` to `initiators` only.
     /// Idempotent: an existing target with the same IQN and file is kept and its ACL
     /// corrected. A failure midway removes what this call made.
@@ -55,6 +61,7 @@ public actor TargetExporter {
         let existing = try await targets()
         if let t = existing.first(where: { $0.iqn == iqn }) {
             if t.backingFiles == [file] {
+                guard !Self.serves(t, file: file, to: initiators) else { return t }
                 for name in initiators where !t.initiators.contains(name) {
                     try await tgtadm(
                         iqn, "bind",
