@@ -38,6 +38,8 @@ public struct VCDClient: Sendable {
     public let endpoint: String
     private let base: String
     private let http: HTTPClient
+    /// The bearer token for a TCP endpoint (the local socket needs none).
+    private let token: String?
 
     /// One client for the process, never shut down: a CLI exits when done. No read
     /// timeout, because an operation's stream may be quiet while a VM saves.
@@ -45,9 +47,10 @@ public struct VCDClient: Sendable {
         eventLoopGroupProvider: .singleton,
         configuration: HTTPClient.Configuration(timeout: .init(connect: .seconds(5), read: nil)))
 
-    public init(endpoint: String, http: HTTPClient = VCDClient.sharedHTTP) {
+    public init(endpoint: String, token: String? = nil, http: HTTPClient = VCDClient.sharedHTTP) {
         self.endpoint = endpoint
         self.http = http
+        self.token = endpoint.hasPrefix("unix://") ? nil : token
         if endpoint.hasPrefix("unix://") {
             let path = String(endpoint.dropFirst("unix://".count))
             let encoded = path.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? path
@@ -55,6 +58,20 @@ public struct VCDClient: Sendable {
         } else {
             base = endpoint.hasSuffix("/") ? String(endpoint.dropLast()) : endpoint
         }
+    }
+
+    /// The token in `file` (default `$VC_TOKEN_FILE`, else vcd's default place), if this
+    /// user may read it.
+    public static func token(file: String?) -> String? {
+        let env = ProcessInfo.processInfo.environment["VC_TOKEN_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+        let path = file ?? env ?? API.defaultTokenFile
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        return token.isEmpty ? nil : token
+    }
+
+    private func authorize(_ request: inout HTTPClientRequest) {
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
     }
 
     /// The local socket if it exists, else loopback TCP.
@@ -92,6 +109,7 @@ public struct VCDClient: Sendable {
     ) async throws(ClientError) -> OperationEvent {
         var request = HTTPClientRequest(url: base + path)
         request.method = method.nio
+        authorize(&request)
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")
             guard let data = try? JSONEncoder().encode(body) else {
@@ -142,6 +160,7 @@ public struct VCDClient: Sendable {
     ) {
         var request = HTTPClientRequest(url: base + path)
         request.method = method
+        authorize(&request)
         if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
         let response: HTTPClientResponse
         let bytes: [UInt8]

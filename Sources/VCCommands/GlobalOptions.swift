@@ -18,12 +18,21 @@ public struct GlobalOptions: ParsableArguments {
             valueName: "url"))
     public var endpoint: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "File with the API token for a TCP endpoint (default: $VC_TOKEN_FILE or /var/lib/peerless/api-token).",
+            valueName: "path"))
+    public var tokenFile: String?
+
     @Option(name: [.short, .long], help: "Output format: table or json.")
     public var output: OutputFormat = .table
 
     public init() {}
 
-    var client: VCDClient { VCDClient(endpoint: endpoint ?? VCDClient.defaultEndpoint()) }
+    var client: VCDClient {
+        VCDClient(endpoint: endpoint ?? VCDClient.defaultEndpoint(), token: VCDClient.token(file: tokenFile))
+    }
 }
 
 /// Maps failures to one line on stderr and an exit code, in one place.
@@ -46,7 +55,7 @@ enum CLI {
     }
 
     /// 1 failed, 2 invalid input, 3 not found, 4 conflict or busy, 5 a daemon is down,
-    /// 6 vcd unreachable.
+    /// 6 vcd unreachable, 7 not allowed (API token missing or wrong).
     static func exitCode(_ code: String) -> Int32 {
         switch code {
         case "invalid": return 2
@@ -54,6 +63,7 @@ enum CLI {
         case "conflict": return 4
         case "unavailable": return 5
         case "unreachable": return 6
+        case "unauthorized": return 7
         default: return 1
         }
     }

@@ -14,8 +14,12 @@ struct APIRoutes: Sendable {
     let lifecycle: ClusterLifecycle
     let images: ImageLibrary
 
-    func router() -> Router<BasicRequestContext> {
+    /// The routes; with a `token`, every request must carry it (the TCP listener).
+    func router(token: (value: String, file: String)? = nil) -> Router<BasicRequestContext> {
         let router = Router()
+        if let token {
+            router.add(middleware: BearerTokenMiddleware(token: token.value, tokenFile: token.file))
+        }
         let v = "/\(API.version)"
         router.get("\(v)/node") { _, _ in try await respond { try await nodeStatus() } }
         router.get("\(v)/nodes") { _, _ in try await respond { try await node.catalog.nodes() } }
@@ -61,7 +65,7 @@ struct APIRoutes: Sendable {
                 headers[HTTPField.Name("X-Console-Offset")!] = "\(next)"
                 return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
             } catch {
-                return failure(DaemonError.from(error))
+                return Self.failure(DaemonError.from(error))
             }
         }
         return router
@@ -139,7 +143,7 @@ struct APIRoutes: Sendable {
                 status: .ok, headers: headers,
                 body: .init(byteBuffer: ByteBuffer(bytes: try Self.encoder.encode(value))))
         } catch {
-            return failure(DaemonError.from(error))
+            return Self.failure(DaemonError.from(error))
         }
     }
 
@@ -148,7 +152,7 @@ struct APIRoutes: Sendable {
         do {
             events = try await start()
         } catch {
-            return failure(DaemonError.from(error))
+            return Self.failure(DaemonError.from(error))
         }
         var headers = HTTPFields()
         headers[.contentType] = API.streamContentType
@@ -164,7 +168,7 @@ struct APIRoutes: Sendable {
             })
     }
 
-    private func failure(_ error: DaemonError) -> Response {
+    static func failure(_ error: DaemonError) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
         let body = (try? Self.encoder.encode(error.apiError)) ?? Data()

@@ -25,8 +25,10 @@ public enum Daemon {
         let readiness = Readiness(
             status: "serving on \(configuration.api.host):\(configuration.api.port), \(node.accelerator.kind.rawValue)")
 
+        let tokenFile = configuration.api.tokenFile ?? "\(configuration.stateDirectory)/api-token"
+        let token = try APIToken.loadOrCreate(at: tokenFile)
         let tcp = Application(
-            router: routes.router(),
+            router: routes.router(token: (token, tokenFile)),
             configuration: .init(
                 address: .hostname(configuration.api.host, port: configuration.api.port), serverName: "vcd"),
             onServerRunning: { _ in await readiness.listenerBound() }, logger: logger)
@@ -36,7 +38,8 @@ public enum Daemon {
         let local = Application(
             router: routes.router(),
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "vcd"),
-            logger: logger)
+            // Not left to the umask: root and the socket's group may connect, nobody else.
+            onServerRunning: { _ in chmod(socketPath, 0o660) }, logger: logger)
 
         let group = ServiceGroup(
             configuration: .init(

@@ -32,6 +32,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var port: Int = 7480
         /// The local socket vcnode and a local vc use.
         public var socket: String = "/run/peerless/vcd.sock"
+        /// The bearer token TCP clients must send; made at first start. Default:
+        /// `STATE/api-token`.
+        public var tokenFile: String?
     }
 
     public struct EtcdConfiguration: Codable, Sendable, Equatable {

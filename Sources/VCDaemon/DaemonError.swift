@@ -18,10 +18,14 @@ public enum DaemonError: Error, Sendable, CustomStringConvertible {
     case unavailable(String)
     /// Anything else that failed on the way.
     case failed(String)
+    /// The request did not prove it may drive this vcd.
+    case unauthorized(String)
 
     public var description: String {
         switch self {
-        case .invalid(let m), .notFound(let m), .conflict(let m), .unavailable(let m), .failed(let m): return m
+        case .invalid(let m), .notFound(let m), .conflict(let m), .unavailable(let m), .failed(let m),
+            .unauthorized(let m):
+            return m
         }
     }
 
@@ -32,6 +36,7 @@ public enum DaemonError: Error, Sendable, CustomStringConvertible {
         case .conflict: return "conflict"
         case .unavailable: return "unavailable"
         case .failed: return "failed"
+        case .unauthorized: return "unauthorized"
         }
     }
 
@@ -42,6 +47,7 @@ public enum DaemonError: Error, Sendable, CustomStringConvertible {
         case .conflict: return 409
         case .unavailable: return 503
         case .failed: return 500
+        case .unauthorized: return 401
         }
     }
 

@@ -39,9 +39,10 @@ public enum HostFiles {
     }
 
     /// Replaces a file's content atomically (write a sibling, then rename over it).
-    public static func write(_ path: String, _ text: String) throws(Failure) {
+    public static func write(_ path: String, _ text: String, mode: mode_t = 0o644) throws(Failure) {
         let tmp = path + ".new"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        unlink(tmp)
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
         guard fd >= 0 else { throw Failure(path: tmp, operation: "write", reason: lastError()) }
         let bytes = Array(text.utf8)
         let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }

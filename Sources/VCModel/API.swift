@@ -5,6 +5,9 @@ public enum API {
     public static let version = "v1"
     public static let defaultPort = 7480
     public static let defaultSocket = "/run/peerless/vcd.sock"
+    /// Where vcd keeps the bearer token its TCP listener requires (mode 0600). The Unix
+    /// socket needs none: its file mode keeps other users out.
+    public static let defaultTokenFile = "/var/lib/peerless/api-token"
     public static let streamContentType = "application/x-ndjson"
 }
 

@@ -226,6 +226,40 @@ import VCModel
         }
     }
 
+    /// Loopback TCP is open to every local user: only a client holding the token that vcd
+    /// keeps readable by root alone may drive it. The Unix socket is closed by its mode.
+    @Test(.timeLimit(.minutes(5)))
+    func tcpAPIWantsTheTokenOnlyRootCanRead() async throws {
+        try await Testbed.with { bed in
+            let tokenFile = "\(bed.statePath)/api-token"
+            let attributes = try FileManager.default.attributesOfItem(atPath: tokenFile)
+            #expect((attributes[.posixPermissions] as? Int) == 0o600)
+            let socketMode = try FileManager.default.attributesOfItem(atPath: bed.socket)[.posixPermissions] as? Int
+            #expect(socketMode == 0o660)
+
+            let tcp = ["--endpoint", "http://127.0.0.1:\(bed.apiPort)"]
+            let wrong = "\(bed.root)/wrong-token"
+            try String(repeating: "0", count: 64).write(toFile: wrong, atomically: true, encoding: .utf8)
+            let refusals = [("\(bed.root)/no-such-file", "needs the API token"), (wrong, "refused the API token")]
+            for (file, text) in refusals {
+                let r = try await sh("\(Build.binDirectory)/vc", ["cluster", "list"] + tcp + ["--token-file", file])
+                #expect(r.status == 7, "\(r)")
+                #expect(r.stderr.hasPrefix("vc: vcd's TCP API \(text)"), "\(r)")
+                #expect(r.stderr.split(whereSeparator: \.isNewline).count == 1, "\(r)")
+            }
+            let good = try await sh(
+                "\(Build.binDirectory)/vc",
+                ["cluster", "list", "--output", "json"] + tcp + ["--token-file", tokenFile])
+            #expect(good.status == 0, "\(good)")
+            #expect(good.stdout.filter { !$0.isWhitespace } == "[]", "\(good)")
+            // A vcd restart keeps the token: clients holding it go on working.
+            let token = try String(contentsOfFile: tokenFile, encoding: .utf8)
+            bed.stopVCD()
+            try await bed.startVCD()
+            #expect(try String(contentsOfFile: tokenFile, encoding: .utf8) == token)
+        }
+    }
+
     /// Two creates that each fit, but not together, arrive at once: exactly one is refused.
     @Test(.timeLimit(.minutes(10)))
     func twoCreatesAtOnceCannotOvercommitTheNode() async throws {
