@@ -119,8 +119,11 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
 
     /// Optional settings are absent from the encoded defaults, so they are listed here.
     private static func isOptionalSetting(_ path: String) -> Bool {
-        ["iscsi.chapUser", "iscsi.chapPassword", "testing.failCreateAfterVMs", "testing.stepDelayMilliseconds"]
-            .contains(path)
+        [
+            "api.tokenFile", "iscsi.chapUser", "iscsi.chapPassword", "testing.failCreateAfterVMs",
+            "testing.stepDelayMilliseconds",
+        ]
+        .contains(path)
     }
 
     static func defaultNodeName() -> String {

@@ -182,6 +182,18 @@ import Testing
         #expect(c.testing.failCreateAfterVMs == 2)
     }
 
+    /// The example an administrator copies must load, and say what the defaults are.
+    @Test func theShippedExampleLoadsAndStatesTheDefaults() throws {
+        let here = URL(fileURLWithPath: #filePath)
+        let example = here.deletingLastPathComponent().appendingPathComponent("../../systemd/vcd.yaml.example")
+        var c = try DaemonConfiguration.load(yaml: try String(contentsOf: example, encoding: .utf8))
+        #expect(c.api.tokenFile == "/var/lib/peerless/api-token")
+        c.api.tokenFile = nil
+        var defaults = DaemonConfiguration()
+        defaults.node = c.node
+        #expect(c == defaults)
+    }
+
     @Test func aMisspeltSettingIsRefusedNotIgnored() {
         #expect {
             try DaemonConfiguration.load(yaml: "api:\n  prot: 9000\n")
