@@ -55,6 +55,7 @@ let package = Package(
             dependencies: [
                 "VCModel", "VCHost", "ISCSI", "CLinux",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         .target(

@@ -145,7 +145,8 @@ public struct ImageLibrary: Sendable {
     /// Removes an image's file, temporary target and catalog key. Idempotent.
     func discard(_ image: GoldenImage) async {
         try? await node.exporter.unexport(iqn: Naming.importIQN(image: image.name))
-        try? node.pool.remove(image.file)
+        let file = image.file
+        try? await node.pool.offload { pool throws(StorageError) in try pool.remove(file) }
         try? await node.catalog.deleteImage(image.name)
     }
 

@@ -47,7 +47,8 @@ struct StepRunner: Sendable {
             try await dhcp.ensure()
         case .snapshot(let name):
             guard let image else { throw DaemonError.failed("no golden image given for \(name)'s snapshot") }
-            try node.pool.clone(image.file, to: vm(name).diskFile)
+            let (source, disk) = (image.file, vm(name).diskFile)
+            try await node.pool.offload { pool throws(StorageError) in try pool.clone(source, to: disk) }
         case .export(let name):
             let m = vm(name)
             _ = try await node.exporter.export(
@@ -89,8 +90,11 @@ struct StepRunner: Sendable {
         case .dhcp:
             await dhcp.remove()
         case .snapshot(let name):
-            try node.pool.remove(vm(name).diskFile)
-            node.pool.removeDirectory("disks/\(cluster.name)")
+            let (disk, directory) = (vm(name).diskFile, "disks/\(cluster.name)")
+            try await node.pool.offload { pool throws(StorageError) in
+                try pool.remove(disk)
+                pool.removeDirectory(directory)
+            }
         case .export(let name):
             try await node.exporter.unexport(iqn: vm(name).diskIQN)
         case .verify, .release:
@@ -105,9 +109,12 @@ struct StepRunner: Sendable {
                 guard let d = try conn.domain(named: name), Self.isOurs(d, cluster: cluster.name) else { return }
                 if d.isActive { try d.destroy() }
             }
-            try node.pool.remove(m.saveFile)
-            try node.pool.remove(m.saveFile + ".partial")
-            node.pool.removeDirectory("saves/\(cluster.name)")
+            let (save, directory) = (m.saveFile, "saves/\(cluster.name)")
+            try await node.pool.offload { pool throws(StorageError) in
+                try pool.remove(save)
+                try pool.remove(save + ".partial")
+                pool.removeDirectory(directory)
+            }
         }
     }
 
@@ -144,7 +151,10 @@ struct StepRunner: Sendable {
                 try d.start(paused: true)
             }
         }
-        if hasImage { try node.pool.remove(m.saveFile) }
+        if hasImage {
+            let save = m.saveFile
+            try await node.pool.offload { pool throws(StorageError) in try pool.remove(save) }
+        }
     }
 
     /// Saves a running VM's memory into the pool. The image is written under a temporary

@@ -1,6 +1,7 @@
 import CLinux
 import Glibc
 import Logging
+import NIOPosix
 import VCHost
 import VCModel
 
@@ -42,6 +43,22 @@ public struct StoragePool: Sendable {
     }
 
     public func path(_ relative: String) -> String { "\(root)/\(relative)" }
+
+    /// Runs file work on a thread of NIO's blocking pool, never on Swift's cooperative
+    /// pool: FICLONE and the unlink of a large, shared file block for as long as the
+    /// filesystem takes (well under a millisecond here, much longer for an image of many
+    /// extents), and a blocked cooperative thread stalls every other task of vcd.
+    public func offload<T: Sendable>(
+        _ body: @escaping @Sendable (StoragePool) throws(StorageError) -> T
+    ) async throws(StorageError) -> T {
+        do {
+            return try await NIOThreadPool.singleton.runIfActive { try body(self) }
+        } catch let error as StorageError {
+            throw error
+        } catch {
+            throw .fileFailed(path: root, operation: "run file work in", reason: "\(error)")
+        }
+    }
 
     /// Makes the pool usable: its directory if that can reflink, else the embedded pool
     /// (made on first use, mounted again after a restart). Idempotent.
