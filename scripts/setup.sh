@@ -16,7 +16,7 @@ packages=(
   # image recipes
   busybox-static extlinux syslinux-common cpio debootstrap
   # tests and demo
-  jq curl bind9-dnsutils procps
+  jq curl bind9-dnsutils procps openssh-client
 )
 
 missing=()

@@ -18,6 +18,7 @@ enum Build {
         .deletingLastPathComponent().path
     static let binDirectory = ProcessInfo.processInfo.environment["PEERLESS_BIN"] ?? "\(packageRoot)/.build/debug"
     static let tinyImage = "\(packageRoot)/images/build/tiny.img"
+    static let debianImage = "\(packageRoot)/images/build/debian.img"
     static let tinyKernel = "\(packageRoot)/images/build/tiny-vmlinuz"
     static let tinyInitrd = "\(packageRoot)/images/build/tiny-initrd.img"
     static let bootMarker = "PEERLESS-TINY-BOOTED"
