@@ -13,6 +13,8 @@ public enum ClientError: Error, Sendable, CustomStringConvertible {
     case api(APIError, status: Int)
     /// vcd answered something this client does not understand.
     case protocolError(String)
+    /// The client has no way to prove it may drive vcd.
+    case unauthorized(String)
 
     public var description: String {
         switch self {
@@ -20,6 +22,7 @@ public enum ClientError: Error, Sendable, CustomStringConvertible {
             return "no vcd answers at \(endpoint) (\(reason)); is vcd running? (make demo starts one)"
         case .api(let error, _): return error.message
         case .protocolError(let m): return "unexpected answer from vcd: \(m)"
+        case .unauthorized(let m): return m
         }
     }
 
@@ -29,6 +32,7 @@ public enum ClientError: Error, Sendable, CustomStringConvertible {
         case .unreachable: return "unreachable"
         case .api(let e, _): return e.code
         case .protocolError: return "protocol"
+        case .unauthorized: return "unauthorized"
         }
     }
 }
@@ -50,7 +54,7 @@ public struct VCDClient: Sendable {
     public init(endpoint: String, token: String? = nil, http: HTTPClient = VCDClient.sharedHTTP) {
         self.endpoint = endpoint
         self.http = http
-        self.token = endpoint.hasPrefix("unix://") ? nil : token
+        self.token = token
         if endpoint.hasPrefix("unix://") {
             let path = String(endpoint.dropFirst("unix://".count))
             let encoded = path.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? path
@@ -60,14 +64,27 @@ public struct VCDClient: Sendable {
         }
     }
 
-    /// The token in `file` (default `$VC_TOKEN_FILE`, else vcd's default place), if this
-    /// user may read it.
-    public static func token(file: String?) -> String? {
+    /// The token to send to `endpoint`: from `file` or `$VC_TOKEN_FILE` when given (an
+    /// unreadable one is an error), else from vcd's default place when this user may read
+    /// it, and then only to a loopback endpoint: this host's token is for this host's vcd.
+    public static func token(for endpoint: String, file: String?) throws(ClientError) -> String? {
+        guard !endpoint.hasPrefix("unix://") else { return nil }
         let env = ProcessInfo.processInfo.environment["VC_TOKEN_FILE"].flatMap { $0.isEmpty ? nil : $0 }
-        let path = file ?? env ?? API.defaultTokenFile
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
-        let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        return token.isEmpty ? nil : token
+        if let path = file ?? env {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw .unauthorized("cannot read the API token file \(path); vcd keeps it in \(API.defaultTokenFile)")
+            }
+            return text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        guard isLoopback(endpoint),
+            let text = try? String(contentsOfFile: API.defaultTokenFile, encoding: .utf8)
+        else { return nil }
+        return text.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    static func isLoopback(_ endpoint: String) -> Bool {
+        guard let host = URL(string: endpoint)?.host?.lowercased() else { return false }
+        return host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
     }
 
     private func authorize(_ request: inout HTTPClientRequest) {
@@ -193,6 +210,9 @@ public struct VCDClient: Sendable {
         let text = "\(error)"
         if text.lowercased().contains("refused") { return "connection refused" }
         if text.contains("ENOENT") || text.contains("No such file") { return "no such socket" }
+        if text.contains("EACCES") || text.contains("Permission denied") {
+            return "permission denied: the socket is for root and its group; use sudo, or TCP with the API token"
+        }
         return text
     }
 }

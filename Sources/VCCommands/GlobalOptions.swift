@@ -31,7 +31,10 @@ public struct GlobalOptions: ParsableArguments {
     public init() {}
 
     var client: VCDClient {
-        VCDClient(endpoint: endpoint ?? VCDClient.defaultEndpoint(), token: VCDClient.token(file: tokenFile))
+        get throws {
+            let url = endpoint ?? VCDClient.defaultEndpoint()
+            return VCDClient(endpoint: url, token: try VCDClient.token(for: url, file: tokenFile))
+        }
     }
 }
 

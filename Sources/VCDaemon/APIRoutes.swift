@@ -15,11 +15,9 @@ struct APIRoutes: Sendable {
     let images: ImageLibrary
 
     /// The routes; with a `token`, every request must carry it (the TCP listener).
-    func router(token: (value: String, file: String)? = nil) -> Router<BasicRequestContext> {
+    func router(token: APIToken? = nil) -> Router<BasicRequestContext> {
         let router = Router()
-        if let token {
-            router.add(middleware: BearerTokenMiddleware(token: token.value, tokenFile: token.file))
-        }
+        if let token { router.add(middleware: BearerTokenMiddleware(token: token)) }
         let v = "/\(API.version)"
         router.get("\(v)/node") { _, _ in try await respond { try await nodeStatus() } }
         router.get("\(v)/nodes") { _, _ in try await respond { try await node.catalog.nodes() } }

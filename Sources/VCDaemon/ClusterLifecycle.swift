@@ -38,10 +38,12 @@ public struct ClusterLifecycle: Sendable {
             throw DaemonError.from(error)
         }
         do {
+            try await refuseExistingResources(spec)
+            let hostSubnets = await ClusterBridge.subnetsInUseOnHost(bridgePrefix: node.addresses.bridgePrefix)
             let (cluster, operation) = try await node.admission.admit { () async throws in
+                try await admissionDelay()
                 try node.capacity.admit(spec, committedMiB: try await node.committedMemoryMiB())
-                try await refuseExistingResources(spec)
-                return try await claim(spec)
+                return try await claim(spec, avoiding: hostSubnets)
             }
             let (stream, events) = AsyncStream<OperationEvent>.makeStream()
             events.yield(
@@ -58,10 +60,13 @@ public struct ClusterLifecycle: Sendable {
     }
 
     /// Makes this task the only one on this node working on the cluster.
+    /// How long an operation waits behind a repair pass of its cluster.
+    static let repairPatience = Duration.seconds(30)
+
     /// A repair pass that holds the cluster is waited for; another operation is not.
     private func lock(_ name: String) async throws(DaemonError) {
         do {
-            try await node.locks.lockForOperation(name, patience: .seconds(30))
+            try await node.locks.lockForOperation(name, patience: Self.repairPatience)
         } catch {
             switch error {
             case .busy:
@@ -69,8 +74,16 @@ public struct ClusterLifecycle: Sendable {
                     "cluster '\(name)' is busy: another operation on it is running on this node; retry when it ends")
             case .repairTooLong:
                 throw .conflict(
-                    "cluster '\(name)' is busy: vcd has been repairing it for 30 s; see 'journalctl -u vcd' and retry")
+                    "cluster '\(name)' is busy: vcd has been repairing it for \(Self.repairPatience); see 'journalctl -u vcd' and retry"
+                )
             }
+        }
+    }
+
+    /// Widens the admission window for the tests that prove two admissions never overlap.
+    private func admissionDelay() async throws {
+        if let delay = node.configuration.testing.admissionDelayMilliseconds {
+            try await Task.sleep(for: .milliseconds(delay))
         }
     }
 
@@ -92,8 +105,10 @@ public struct ClusterLifecycle: Sendable {
 
     /// Picks a free subnet and records the cluster and its create operation atomically;
     /// retries with the next subnet when a concurrent create took it first.
-    private func claim(_ spec: ClusterSpec) async throws -> (VirtualCluster, ClusterOperation) {
-        var tried = await ClusterBridge.subnetsInUseOnHost(bridgePrefix: node.addresses.bridgePrefix)
+    private func claim(_ spec: ClusterSpec, avoiding hostSubnets: Set<Int>) async throws -> (
+        VirtualCluster, ClusterOperation
+    ) {
+        var tried = hostSubnets
         for _ in 0..<8 {
             let used = try await catalog.usedSubnets().union(tried)
             guard let subnet = AddressPlan.firstFree(used: used) else {
@@ -273,14 +288,17 @@ public struct ClusterLifecycle: Sendable {
             }
             operation = ClusterOperation(
                 id: UUID().uuidString, kind: kind, cluster: name, node: node.name, startedAt: node.now())
-            // A suspended cluster commits no memory; the one that leaves that state here
-            // must fit, checked and recorded as one step.
-            cluster = try await node.admission.admit { () async throws in
-                if found.value.state == .suspended && state != .destroying {
+            if found.value.state == .suspended && state != .destroying {
+                // A suspended cluster commits no memory; leaving that state, it must fit,
+                // checked and recorded as one step. Every other transition only frees memory.
+                cluster = try await node.admission.admit { () async throws in
+                    try await admissionDelay()
                     try node.capacity.admit(
                         found.value.spec, committedMiB: try await node.committedMemoryMiB(excluding: name))
+                    return try await catalog.begin(operation, on: found, state: state, now: node.now())
                 }
-                return try await catalog.begin(operation, on: found, state: state, now: node.now())
+            } else {
+                cluster = try await catalog.begin(operation, on: found, state: state, now: node.now())
             }
         } catch {
             await node.locks.unlock(name)

@@ -1,5 +1,3 @@
-import Foundation
-
 /// In-process exclusion of work on one cluster (or image): a lifecycle operation's task,
 /// a reconcile pass and recovery never touch the same object at once. The etcd operation
 /// key keeps other nodes out; this keeps this node's own tasks apart, including the
@@ -24,8 +22,15 @@ public actor ClusterLocks {
         case repairTooLong
     }
 
+    /// A suspended `lockForOperation`: resumed with true by `unlock`, with false by its timer.
+    private struct Waiter {
+        var continuation: CheckedContinuation<Bool, Never>
+        var timer: Task<Void, Never>
+    }
+
     private var held: [String: Holder] = [:]
-    private var waiters: [String: [UUID: CheckedContinuation<Bool, Never>]] = [:]
+    private var waiters: [String: [Int: Waiter]] = [:]
+    private var nextWaiter = 0
 
     public init() {}
 
@@ -56,25 +61,31 @@ public actor ClusterLocks {
     public func unlock(_ name: String) {
         held[name] = nil
         for waiter in (waiters.removeValue(forKey: name) ?? [:]).values {
-            waiter.resume(returning: true)
+            waiter.timer.cancel()
+            waiter.continuation.resume(returning: true)
         }
     }
 
     public func isLocked(_ name: String) -> Bool { held[name] != nil }
 
+    /// How many operations wait for `name` (tests use it to know a wait began).
+    func waiting(for name: String) -> Int { waiters[name]?.count ?? 0 }
+
     /// Suspends until `name` is unlocked (true) or `limit` passes (false).
     private func released(_ name: String, within limit: Duration) async -> Bool {
-        let id = UUID()
+        nextWaiter += 1
+        let id = nextWaiter
         return await withCheckedContinuation { continuation in
-            waiters[name, default: [:]][id] = continuation
-            Task {
-                try? await Task.sleep(for: limit)
+            let timer = Task {
+                // Cancelled when the lock is released first.
+                guard (try? await Task.sleep(for: limit)) != nil else { return }
                 self.giveUp(name, id)
             }
+            waiters[name, default: [:]][id] = Waiter(continuation: continuation, timer: timer)
         }
     }
 
-    private func giveUp(_ name: String, _ id: UUID) {
-        waiters[name]?.removeValue(forKey: id)?.resume(returning: false)
+    private func giveUp(_ name: String, _ id: Int) {
+        waiters[name]?.removeValue(forKey: id)?.continuation.resume(returning: false)
     }
 }

@@ -25,21 +25,32 @@ public enum Daemon {
         let readiness = Readiness(
             status: "serving on \(configuration.api.host):\(configuration.api.port), \(node.accelerator.kind.rawValue)")
 
-        let tokenFile = configuration.api.tokenFile ?? "\(configuration.stateDirectory)/api-token"
-        let token = try APIToken.loadOrCreate(at: tokenFile)
+        let token = try APIToken.loadOrCreate(at: configuration.tokenPath)
         let tcp = Application(
-            router: routes.router(token: (token, tokenFile)),
+            router: routes.router(token: token),
             configuration: .init(
                 address: .hostname(configuration.api.host, port: configuration.api.port), serverName: "vcd"),
             onServerRunning: { _ in await readiness.listenerBound() }, logger: logger)
         let socketPath = configuration.api.socket
-        try HostFiles.makeDirectories(String(socketPath[..<(socketPath.lastIndex(of: "/") ?? socketPath.startIndex)]))
+        let socketDirectory = HostFiles.parent(socketPath)
+        if access(socketDirectory, F_OK) != 0 {
+            // Made by vcd (/run/peerless): only root and its group get through, so the
+            // socket is closed to others even before its own mode is set.
+            try HostFiles.makeDirectories(socketDirectory)
+            chmod(socketDirectory, 0o750)
+        }
         unlink(socketPath)
         let local = Application(
             router: routes.router(),
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "vcd"),
             // Not left to the umask: root and the socket's group may connect, nobody else.
-            onServerRunning: { _ in chmod(socketPath, 0o660) }, logger: logger)
+            onServerRunning: { _ in
+                if chmod(socketPath, 0o660) != 0 {
+                    logger.error(
+                        "cannot set the socket's mode",
+                        metadata: ["socket": "\(socketPath)", "error": "\(HostFiles.lastError())"])
+                }
+            }, logger: logger)
 
         let group = ServiceGroup(
             configuration: .init(

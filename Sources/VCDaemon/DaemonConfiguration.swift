@@ -75,7 +75,12 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var failCreateAfterVMs: Int?
         /// Sleep before every host step (crash-recovery tests).
         public var stepDelayMilliseconds: Int?
+        /// Sleep inside the admission gate (concurrent-admission tests).
+        public var admissionDelayMilliseconds: Int?
     }
+
+    /// Where the TCP API's bearer token is kept.
+    public var tokenPath: String { api.tokenFile ?? "\(stateDirectory)/api-token" }
 
     public init() {
         node = Self.defaultNodeName()
@@ -121,7 +126,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     private static func isOptionalSetting(_ path: String) -> Bool {
         [
             "api.tokenFile", "iscsi.chapUser", "iscsi.chapPassword", "testing.failCreateAfterVMs",
-            "testing.stepDelayMilliseconds",
+            "testing.stepDelayMilliseconds", "testing.admissionDelayMilliseconds",
         ]
         .contains(path)
     }

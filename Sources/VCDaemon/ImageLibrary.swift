@@ -142,11 +142,17 @@ public struct ImageLibrary: Sendable {
         events.yield(OperationEvent(kind: .progress, completed: total, total: total))
     }
 
-    /// Removes an image's file, temporary target and catalog key. Idempotent.
+    /// Removes an image's file, temporary target and catalog key. Idempotent. The key goes
+    /// last and only when the file is gone, so that a file is never left without its record.
     func discard(_ image: GoldenImage) async {
         try? await node.exporter.unexport(iqn: Naming.importIQN(image: image.name))
         let file = image.file
-        try? await node.pool.offload { pool throws(StorageError) in try pool.remove(file) }
+        do {
+            try await node.pool.offload { pool throws(StorageError) in try pool.remove(file) }
+        } catch {
+            node.logger.error("cannot remove an image's file", metadata: ["file": "\(file)", "error": "\(error)"])
+            return
+        }
         try? await node.catalog.deleteImage(image.name)
     }
 

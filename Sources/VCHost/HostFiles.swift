@@ -46,8 +46,10 @@ public enum HostFiles {
         guard fd >= 0 else { throw Failure(path: tmp, operation: "write", reason: lastError()) }
         let bytes = Array(text.utf8)
         let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        // On disk before it replaces the old file: a crash leaves the old or the new one.
+        let synced = fsync(fd) == 0
         close(fd)
-        guard written == bytes.count, rename(tmp, path) == 0 else {
+        guard written == bytes.count, synced, rename(tmp, path) == 0 else {
             unlink(tmp)
             throw Failure(path: path, operation: "write", reason: lastError())
         }

@@ -44,15 +44,22 @@ public struct StoragePool: Sendable {
 
     public func path(_ relative: String) -> String { "\(root)/\(relative)" }
 
-    /// Runs file work on a thread of NIO's blocking pool, never on Swift's cooperative
-    /// pool: FICLONE and the unlink of a large, shared file block for as long as the
-    /// filesystem takes (well under a millisecond here, much longer for an image of many
-    /// extents), and a blocked cooperative thread stalls every other task of vcd.
+    /// Threads for file work: the clones and unlinks of a whole cluster run at once.
+    private static let threads: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 8)
+        pool.start()
+        return pool
+    }()
+
+    /// Runs file work on a thread of the pool's own, never on Swift's cooperative pool:
+    /// FICLONE and the unlink of a large, shared file block for as long as the filesystem
+    /// takes (well under a millisecond here, much longer for an image of many extents),
+    /// and a blocked cooperative thread stalls every other task of vcd.
     public func offload<T: Sendable>(
         _ body: @escaping @Sendable (StoragePool) throws(StorageError) -> T
     ) async throws(StorageError) -> T {
         do {
-            return try await NIOThreadPool.singleton.runIfActive { try body(self) }
+            return try await Self.threads.runIfActive { try body(self) }
         } catch let error as StorageError {
             throw error
         } catch {

@@ -48,7 +48,9 @@ public actor TargetExporter {
         (controlPort > 0 ? ["--control-port", "\(controlPort)"] : []) + ["--lld", "iscsi"]
     }
 
-    /// Whether `target` serves `file` to `initiators` only, as `export` makes it.
+    /// Whether `target` serves `file` to `initiators` only. CHAP and session parameters
+    /// are not compared: they are set when a target is made and tgtd loses them only with
+    /// the target itself.
     public static func serves(_ target: TargetInfo?, file: String, to initiators: [String]) -> Bool {
         guard let target else { return false }
         return target.backingFiles == [file] && Set(target.initiators) == Set(initiators)

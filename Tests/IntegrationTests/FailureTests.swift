@@ -237,14 +237,27 @@ import VCModel
             let socketMode = try FileManager.default.attributesOfItem(atPath: bed.socket)[.posixPermissions] as? Int
             #expect(socketMode == 0o660)
 
+            // No token: 401 with a challenge and a body that says where the token is.
+            let url = "http://127.0.0.1:\(bed.apiPort)/v1/clusters"
+            let bare = try await sh("curl", ["-sS", "-i", url])
+            #expect(bare.stdout.hasPrefix("HTTP/1.1 401"), "\(bare)")
+            #expect(bare.stdout.lowercased().contains("www-authenticate: bearer"), "\(bare)")
+            let body = bare.stdout.components(separatedBy: "\r\n\r\n").last ?? ""
+            let refusal = try JSONDecoder().decode(APIError.self, from: Data(body.utf8))
+            #expect(refusal.code == "unauthorized")
+            #expect(refusal.message.contains("needs the API token; run vc as root (it reads \(tokenFile))"), "\(bare)")
+
             let tcp = ["--endpoint", "http://127.0.0.1:\(bed.apiPort)"]
             let wrong = "\(bed.root)/wrong-token"
             try String(repeating: "0", count: 64).write(toFile: wrong, atomically: true, encoding: .utf8)
-            let refusals = [("\(bed.root)/no-such-file", "needs the API token"), (wrong, "refused the API token")]
+            let refusals = [
+                ("\(bed.root)/no-such-file", "vc: cannot read the API token file \(bed.root)/no-such-file"),
+                (wrong, "vc: vcd's TCP API refused the API token sent"),
+            ]
             for (file, text) in refusals {
                 let r = try await sh("\(Build.binDirectory)/vc", ["cluster", "list"] + tcp + ["--token-file", file])
                 #expect(r.status == 7, "\(r)")
-                #expect(r.stderr.hasPrefix("vc: vcd's TCP API \(text)"), "\(r)")
+                #expect(r.stderr.hasPrefix(text), "\(r)")
                 #expect(r.stderr.split(whereSeparator: \.isNewline).count == 1, "\(r)")
             }
             let good = try await sh(
@@ -257,18 +270,29 @@ import VCModel
             bed.stopVCD()
             try await bed.startVCD()
             #expect(try String(contentsOfFile: tokenFile, encoding: .utf8) == token)
+
+            // A token file others can read is refused, not used.
+            bed.stopVCD()
+            chmod(tokenFile, 0o644)
+            let loose = try await bed.runVCDExpectingFailure { $0 }
+            #expect(loose.stderr.contains("must be a regular file of vcd's user with mode 0600"), "\(loose)")
+            chmod(tokenFile, 0o600)
+            try await bed.startVCD()
         }
     }
 
     /// Two creates that each fit, but not together, arrive at once: exactly one is refused.
+    /// The hook holds each admission open for half a second, so that without the gate
+    /// both would check the free memory before either committed it.
     @Test(.timeLimit(.minutes(10)))
     func twoCreatesAtOnceCannotOvercommitTheNode() async throws {
-        try await Testbed.with { bed in
+        try await Testbed.with(hooks: "testing:\n  admissionDelayMilliseconds: 500") { bed in
             try await bed.importTiny()
             let status = try await bed.vcnodeStatus()
             let capacity = status.record.capacity
             let free = capacity.memoryMiB - capacity.reservedMiB - status.committedMemoryMiB
-            let each = free * 6 / 10
+            // Just over half each; QEMU allocates guest memory lazily, the tiny guest uses little.
+            let each = free / 2 + 64
             let names = ["oa-\(bed.id)", "ob-\(bed.id)"]
             let results = try await withThrowingTaskGroup(of: (String, CommandResult).self) { group in
                 for name in names {

@@ -26,6 +26,32 @@ import VCModel
                 let now = try await bed.targets().map(\.iqn).sorted()
                 return (now == exported ? true : nil, "\(now)")
             }
+            // A target whose ACL lost the node's initiator gets it back; targets that need
+            // nothing are left as they are (same tids across passes).
+            let settled = try await bed.targets().sorted { $0.tid < $1.tid }
+            // ACL lines naming this node's initiator (not its sessions, listed as I_T nexus).
+            let bindings = {
+                var section = ""
+                var count = 0
+                for line in try await bed.tgtadm(["--op", "show", "--mode", "target"]).stdout.split(separator: "\n") {
+                    let text = line.trimmingCharacters(in: .whitespaces)
+                    if line.hasPrefix("Target ") || text.hasSuffix("information:") { section = text }
+                    if section == "ACL information:" && text == bed.initiator { count += 1 }
+                }
+                return count
+            }
+            #expect(try await bindings() == 2)
+            let unbound = try await bed.tgtadm([
+                "--op", "unbind", "--mode", "target", "--tid", "\(settled[0].tid)", "--initiator-name", bed.initiator,
+            ])
+            #expect(unbound.status == 0, "\(unbound)")
+            _ = try await eventually("the ACL to be repaired", timeout: .seconds(60)) {
+                let n = try await bindings()
+                return (n == 2 ? true : nil, "\(n) targets bound to \(bed.initiator)")
+            }
+            try await Task.sleep(for: .seconds(5))
+            #expect(try await bed.targets().sorted { $0.tid < $1.tid }.map(\.tid) == settled.map(\.tid))
+
             // Still bound to this node's initiator only.
             let cluster = try await bed.vcJSON(ClusterStatus.self, ["cluster", "show", name])
             let url = "iscsi://127.0.0.1:\(bed.iscsiPort)/\(cluster.vms[0].disk)/1"

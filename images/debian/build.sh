@@ -62,6 +62,9 @@ if [ "${PEERLESS_DEBIAN_FORCE:-0}" != 1 ] && up_to_date; then
 fi
 
 started=$(date +%s)
+# The build must leave the host's /dev/kvm alone (see the chroot's /dev below); should a
+# package script reach it anyway, its group is put back and the build says so.
+kvm_group=$(stat -c %g /dev/kvm 2>/dev/null || true)
 stage=$(mktemp -d "$work/debian.XXXXXX")
 root=$stage/root
 tmp=$img.tmp.$$
@@ -78,6 +81,10 @@ unmount_all() {
 cleanup() {
     local rc=$?
     unmount_all
+    if [ -n "$kvm_group" ] && [ "$(stat -c %g /dev/kvm)" != "$kvm_group" ]; then
+        echo "build.sh: the build changed /dev/kvm's group; restoring it" >&2
+        chgrp "$kvm_group" /dev/kvm
+    fi
     if awk -v s="$stage/" 'index($2, s) == 1 { found = 1 } END { exit !found }' /proc/mounts; then
         echo "build.sh: mounts remain under $stage; not removing it" >&2
     else
@@ -113,8 +120,19 @@ rm -f "$root/etc/resolv.conf"
 cp "$root/etc/resolv.conf.build" "$root/etc/resolv.conf"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
-mount --bind /dev "$root/dev"
-mount --bind /dev/pts "$root/dev/pts"
+# A /dev of the chroot's own, never the host's: systemd's postinst runs systemd-tmpfiles,
+# whose static-nodes rules chgrp /dev/kvm to the *chroot's* kvm group id. Through a bind
+# mount that rewrites the host's /dev/kvm, libvirtd then finds KVM unusable for its QEMU
+# user and re-probes QEMU on every call (a domain define took minutes).
+mount -t tmpfs -o mode=0755,size=1m,nosuid peerless-dev "$root/dev"
+for node in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+    IFS=: read -r name major minor <<<"$node"
+    mknod -m 0666 "$root/dev/$name" c "$major" "$minor"
+done
+mkdir -p "$root/dev/pts" "$root/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$root/dev/pts"
+ln -s pts/ptmx "$root/dev/ptmx"
+ln -s /proc/self/fd "$root/dev/fd"
 
 echo "installing ${packages[*]} ..."
 {
