@@ -76,6 +76,7 @@ struct APIRoutes: Sendable {
         }
         async let libvirt = probe("libvirtd") { () async throws -> String in
             let version = try await node.hypervisor.run { try $0.libraryVersion() }
+            if let problem = KVMDevice.problem() { throw DaemonError.failed(problem) }
             return "libvirt \(version), \(node.accelerator.kind.rawValue): \(node.accelerator.reason)"
         }
         async let tgt = probe("tgtd") { () async throws -> String in

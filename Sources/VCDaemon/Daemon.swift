@@ -107,6 +107,7 @@ public enum Daemon {
                 ])
 
             try HostFiles.makeDirectories(configuration.stateDirectory)
+            if let problem = KVMDevice.problem() { logger.warning("\(problem)") }
             let accelerator = await AcceleratorProbe(
                 configuration: configuration.accelerator, cacheFile: "\(configuration.stateDirectory)/accelerator.json",
                 logger: logger

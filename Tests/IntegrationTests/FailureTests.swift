@@ -281,6 +281,30 @@ import VCModel
         }
     }
 
+    /// A /dev/kvm that libvirt's QEMU user cannot open makes every VM start take seconds
+    /// (libvirtd re-probes QEMU on each call); the technician's view names it and the fix.
+    @Test(.timeLimit(.minutes(5)))
+    func foreignKVMDeviceGroupIsReportedWithTheFix() async throws {
+        var device = stat()
+        guard stat("/dev/kvm", &device) == 0, let kvm = getgrnam("kvm") else { return }
+        let kvmGID = kvm.pointee.gr_gid
+        try await Testbed.with { bed in
+            #expect(try await bed.vcnodeStatus().daemons.allSatisfy(\.healthy))
+            // Put back at once, whatever happens: the device is the host's.
+            chown("/dev/kvm", uid_t.max, 0)
+            defer {
+                chown("/dev/kvm", uid_t.max, kvmGID)
+                chmod("/dev/kvm", 0o660)
+            }
+            let r = try await sh(
+                "\(Build.binDirectory)/vcnode", ["status", "--endpoint", "unix://\(bed.socket)"])
+            #expect(r.status == 5, "\(r)")
+            #expect(r.stdout.contains("/dev/kvm has group root and mode 660, not kvm and 660"), "\(r)")
+            #expect(r.stdout.contains("chgrp kvm /dev/kvm"), "\(r)")
+        }
+        #expect(stat("/dev/kvm", &device) == 0 && device.st_gid == kvmGID)
+    }
+
     /// Two creates that each fit, but not together, arrive at once: exactly one is refused.
     /// The hook holds each admission open for half a second, so that without the gate
     /// both would check the free memory before either committed it.
