@@ -59,11 +59,11 @@ public struct ClusterLifecycle: Sendable {
         }
     }
 
-    /// Makes this task the only one on this node working on the cluster.
     /// How long an operation waits behind a repair pass of its cluster.
     static let repairPatience = Duration.seconds(30)
 
-    /// A repair pass that holds the cluster is waited for; another operation is not.
+    /// Makes this task the only one on this node working on the cluster. A repair pass
+    /// that holds the cluster is waited for; another operation is not.
     private func lock(_ name: String) async throws(DaemonError) {
         do {
             try await node.locks.lockForOperation(name, patience: Self.repairPatience)
