@@ -20,6 +20,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 images=$(dirname "$here")
+source "$images/lib.sh"
 out=${1:-$images/build}
 work=${PEERLESS_IMAGE_WORK:-$images/build/work}
 mirror=${PEERLESS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -35,31 +36,14 @@ packages=(
 )
 
 [ "$(id -u)" = 0 ] || { echo "build.sh: must run as root (debootstrap, mount)" >&2; exit 1; }
-for t in debootstrap:debootstrap mkfs.ext4:e2fsprogs e2fsck:e2fsprogs extlinux:extlinux flock:util-linux; do
-    command -v "${t%%:*}" >/dev/null ||
-        { echo "build.sh: ${t%%:*} missing (apt-get install ${t#*:})" >&2; exit 1; }
-done
+need_tools debootstrap:debootstrap mkfs.ext4:e2fsprogs e2fsck:e2fsprogs extlinux:extlinux flock:util-linux
 mkdir -p "$out" "$work/debian-cache"
 out=$(cd "$out" && pwd)
 work=$(cd "$work" && pwd)
 img=$out/debian.img
 
-up_to_date() {
-    local newest
-    # Only the build's inputs count: editing a test script rebuilds nothing.
-    newest=$(find "$here/build.sh" "$here/rootfs" -type f -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-)
-    [ -s "$img" ] && [ "$img" -nt "$newest" ]
-}
-if [ "${PEERLESS_DEBIAN_FORCE:-0}" != 1 ] && up_to_date; then
-    echo "debian image up to date: $img"
-    exit 0
-fi
-exec 9>"$work/.debian.lock"
-flock 9
-if [ "${PEERLESS_DEBIAN_FORCE:-0}" != 1 ] && up_to_date; then
-    echo "debian image up to date: $img"
-    exit 0
-fi
+exit_if_built "debian image up to date: $img" "$work/.debian.lock" "${PEERLESS_DEBIAN_FORCE:-0}" \
+    "$here/build.sh" "$here/rootfs" "$images/lib.sh" -- "$img"
 
 started=$(date +%s)
 # The build must leave the host's /dev/kvm alone (see the chroot's /dev below); should a

@@ -20,6 +20,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 images=$(dirname "$here")
+source "$images/lib.sh"
 out=${1:-$images/build}
 # Shared by all builds (the downloaded .debs are reused), whatever OUTDIR is.
 work=${PEERLESS_IMAGE_WORK:-$images/build/work}
@@ -27,11 +28,8 @@ size_mib=${PEERLESS_TINY_SIZE_MIB:-64}
 
 [ "$(id -u)" = 0 ] || { echo "build.sh: must run as root (mount, mknod)" >&2; exit 1; }
 # tool:Debian package; extlinux carries ldlinux.sys/.c32 inside itself.
-for t in apt-get:apt dpkg-deb:dpkg mkfs.ext4:e2fsprogs e2fsck:e2fsprogs extlinux:extlinux \
-    cpio:cpio gzip:gzip flock:util-linux mountpoint:util-linux; do
-    command -v "${t%%:*}" >/dev/null ||
-        { echo "build.sh: ${t%%:*} missing (apt-get install ${t#*:})" >&2; exit 1; }
-done
+need_tools apt-get:apt dpkg-deb:dpkg mkfs.ext4:e2fsprogs e2fsck:e2fsprogs extlinux:extlinux \
+    cpio:cpio gzip:gzip flock:util-linux mountpoint:util-linux
 mkdir -p "$out" "$work/debs"
 out=$(cd "$out" && pwd)
 work=$(cd "$work" && pwd)
@@ -40,28 +38,8 @@ img=$out/tiny.img
 kernel_out=$out/tiny-vmlinuz
 initrd_out=$out/tiny-initrd.img
 
-up_to_date() {
-    local f newest
-    # Only the build's inputs count: editing a test script rebuilds nothing.
-    newest=$(find "$here/build.sh" "$here/initrd-init" "$here/rootfs" -type f -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-)
-    for f in "$img" "$kernel_out" "$initrd_out"; do
-        [ -s "$f" ] && [ "$f" -nt "$newest" ] || return 1
-    done
-}
-
-if [ "${PEERLESS_TINY_FORCE:-0}" != 1 ] && up_to_date; then
-    echo "tiny image up to date: $img"
-    exit 0
-fi
-
-# Concurrent builds (tests running in parallel) share $work; serialise them,
-# then look again: the build we waited for may have made our output.
-exec 9>"$work/.tiny.lock"
-flock 9
-if [ "${PEERLESS_TINY_FORCE:-0}" != 1 ] && up_to_date; then
-    echo "tiny image up to date: $img"
-    exit 0
-fi
+exit_if_built "tiny image up to date: $img" "$work/.tiny.lock" "${PEERLESS_TINY_FORCE:-0}" \
+    "$here/build.sh" "$here/initrd-init" "$here/rootfs" "$images/lib.sh" -- "$img" "$kernel_out" "$initrd_out"
 
 started=$(date +%s)
 stage=$(mktemp -d "$work/tiny.XXXXXX")
