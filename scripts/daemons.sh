@@ -9,6 +9,9 @@ set -euo pipefail
 state=${PEERLESS_DAEMON_DIR:-/var/lib/peerless/daemons}
 etcd_client=${PEERLESS_ETCD_CLIENT:-http://127.0.0.1:2379}
 etcd_peer=${PEERLESS_ETCD_PEER:-http://127.0.0.1:2380}
+# tgtd listens only here (the storage address), never on every address of the host: a
+# guest must not even reach its login.
+iscsi_portal=${PEERLESS_ISCSI_PORTAL:-127.0.0.1:3260}
 mkdir -p "$state"
 
 alive() { [ -f "$state/$1.pid" ] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
@@ -45,7 +48,7 @@ start() {
     wait_for libvirtd 30 libvirt_ok
   fi
   if ! tgt_ok >/dev/null 2>&1; then
-    tgtd
+    tgtd --iscsi "portal=$iscsi_portal"
     wait_for tgtd 15 tgt_ok
     pgrep -xn tgtd >"$state/tgtd.pid"
   fi

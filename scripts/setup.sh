@@ -12,7 +12,7 @@ packages=(
   tgt libiscsi-bin
   btrfs-progs xfsprogs e2fsprogs util-linux fdisk
   etcd-server etcd-client
-  dnsmasq-base iproute2
+  dnsmasq-base iproute2 nftables
   # image recipes
   busybox-static extlinux syslinux-common cpio debootstrap
   # tests and demo

@@ -48,16 +48,20 @@ public struct ClusterLifecycle: Sendable {
             let (stream, events) = AsyncStream<OperationEvent>.makeStream()
             events.yield(
                 .step("planned \(cluster.vms.count) VMs on \(cluster.network.cidr) (\(cluster.network.bridge))"))
-            Task {
+            let started = node.operations.start {
                 await runCreate(cluster, image: image, operation: operation, events: events)
                 await node.locks.unlock(spec.name)
             }
+            // Stopping between the journal write and here: the next start undoes the create.
+            guard started else { throw DaemonError.unavailable(Self.stoppingMessage) }
             return stream
         } catch {
             await node.locks.unlock(spec.name)
             throw DaemonError.from(error)
         }
     }
+
+    static let stoppingMessage = "vcd is stopping; the operation is journaled and continues when vcd starts again"
 
     /// How long an operation waits behind a repair pass of its cluster.
     static let repairPatience = Duration.seconds(30)
@@ -165,6 +169,18 @@ public struct ClusterLifecycle: Sendable {
         defer { events.finish() }
         do {
             try await execution.perform(ClusterPlan.create(cluster))
+        } catch is OperationStopped {
+            // Left journaled: the next vcd to start undoes it, with every thread pool alive.
+            logger.notice("stopping midway; the create is undone at the next start")
+            events.yield(
+                OperationEvent(
+                    kind: .failed,
+                    error: APIError(
+                        code: "unavailable",
+                        message:
+                            "vcd is stopping: cluster \(cluster.name) was not completed and is undone when vcd starts again"
+                    )))
+            return
         } catch {
             let reason = DaemonError.from(error)
             logger.error("create failed; rolling back", metadata: ["error": "\(reason)"])
@@ -218,6 +234,11 @@ public struct ClusterLifecycle: Sendable {
     ) async throws -> String? {
         let execution = PlanExecution(runner: StepRunner(node: node, cluster: cluster, image: nil), events: events)
         let problems = await execution.undo(ClusterPlan.teardown(cluster))
+        if !problems.isEmpty && node.operations.isStopping {
+            // Not a failure to record: the journal stays and the next start goes on with it.
+            node.logger.notice("stopping midway; the teardown goes on at the next start")
+            return Self.stoppingMessage
+        }
         guard !problems.isEmpty else {
             try await commit { () async throws(CatalogError) in try await catalog.forget(cluster, operation: operation)
             }
@@ -304,10 +325,15 @@ public struct ClusterLifecycle: Sendable {
             await node.locks.unlock(name)
             throw DaemonError.from(error)
         }
-        Task {
+        let started = node.operations.start {
             await work(cluster.value, operation, events)
             events.finish()
             await node.locks.unlock(name)
+        }
+        guard started else {
+            // Journaled already: the next start finishes it.
+            await node.locks.unlock(name)
+            throw .unavailable(Self.stoppingMessage)
         }
         return stream
     }
@@ -366,6 +392,13 @@ public struct ClusterLifecycle: Sendable {
         do {
             try await execution.perform(plan)
             outcome.state = target
+        } catch is OperationStopped {
+            node.logger.notice(
+                "stopping midway; the operation goes on at the next start",
+                metadata: ["cluster": "\(cluster.name)", "operation": "\(operation.kind.rawValue)"])
+            events.yield(
+                OperationEvent(kind: .failed, error: APIError(code: "unavailable", message: Self.stoppingMessage)))
+            return
         } catch {
             let reason = DaemonError.from(error)
             outcome.state = .failed

@@ -59,6 +59,8 @@ public enum Daemon {
                     .init(service: NodeLease(node: node, record: routes.record(), readiness: readiness)),
                     .init(service: Reconciler(node: node, lifecycle: lifecycle, images: images)),
                     .init(service: WatchdogService(readiness: readiness)),
+                    // Last, so stopped first: see OperationDrain.
+                    .init(service: OperationDrain(operations: node.operations)),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))

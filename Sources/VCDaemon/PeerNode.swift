@@ -22,6 +22,8 @@ public struct PeerNode: Sendable {
     public let locks = ClusterLocks()
     /// Makes "does it fit" and "now it is committed" one step on this node.
     public let admission = AdmissionGate()
+    /// The lifecycle operations running here, drained on a graceful stop.
+    public let operations = OperationTasks()
 
     public var name: String { configuration.node }
     public var initiator: String { Naming.initiatorIQN(node: name) }

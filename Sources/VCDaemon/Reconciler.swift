@@ -2,6 +2,7 @@ import Logging
 import ServiceLifecycle
 import VCCatalog
 import VCModel
+import VCNetwork
 import VCStorage
 
 /// Makes this node's share of the world match the catalog. Each pass first finishes or
@@ -105,6 +106,14 @@ public struct Reconciler: Service, CustomStringConvertible {
             }
             return
         }
+        // One listing of nftables' tables for the whole pass.
+        let tables: Set<String>?
+        do {
+            tables = try await ClusterFirewall.loadedTables()
+        } catch {
+            node.logger.warning("cannot list nftables tables", metadata: ["error": "\(error)"])
+            tables = nil
+        }
         for name in names {
             guard await node.locks.tryLock(name, as: .repair) else { continue }
             do {
@@ -112,7 +121,7 @@ public struct Reconciler: Service, CustomStringConvertible {
                     let cluster = try await node.catalog.cluster(name)?.value,
                     cluster.state == .running
                 {
-                    try await reconcile(cluster)
+                    try await reconcile(cluster, tables: tables)
                 }
             } catch {
                 node.logger.warning(
@@ -123,8 +132,14 @@ public struct Reconciler: Service, CustomStringConvertible {
     }
 
     /// Re-makes what a running cluster's VMs on this node need, and starts those that stopped.
-    private func reconcile(_ cluster: VirtualCluster) async throws {
+    private func reconcile(_ cluster: VirtualCluster, tables: Set<String>?) async throws {
         let runner = StepRunner(node: node, cluster: cluster, image: nil)
+        // The boundary first: a network must never be up without it. Unknown (nft failed
+        // to list) counts as missing.
+        if !(tables.map { ClusterFirewall.isLoaded(bridge: cluster.network.bridge, tables: $0) } ?? false) {
+            node.logger.notice("loading a tenant boundary nftables lost", metadata: ["cluster": "\(cluster.name)"])
+            try await runner.perform(.firewall)
+        }
         try await runner.perform(.bridge)
         try await runner.perform(.dhcp)
         // One listing of tgtd's targets for the whole cluster; only missing or altered

@@ -29,6 +29,12 @@ struct StepRunner: Sendable {
 
     private var bridge: ClusterBridge { ClusterBridge(network: cluster.network, logger: logger) }
 
+    private var firewall: ClusterFirewall {
+        ClusterFirewall(
+            boundary: GuestBoundary(network: cluster.network, vms: cluster.vms), runDirectory: node.networkDirectory,
+            logger: logger)
+    }
+
     private var dhcp: DHCPServer {
         DHCPServer(
             table: DHCPTable(network: cluster.network, vms: cluster.vms, runDirectory: node.networkDirectory),
@@ -36,11 +42,14 @@ struct StepRunner: Sendable {
     }
 
     func perform(_ step: Step) async throws {
+        try node.operations.checkStopping()
         if let delay = node.configuration.testing.stepDelayMilliseconds {
             try await Task.sleep(for: .milliseconds(delay))
         }
         logger.debug("step", metadata: ["step": "\(step)"])
         switch step {
+        case .firewall:
+            try await firewall.ensure()
         case .bridge:
             try await bridge.ensure()
         case .dhcp:
@@ -80,11 +89,14 @@ struct StepRunner: Sendable {
     }
 
     func undo(_ step: Step) async throws {
+        try node.operations.checkStopping()
         if let delay = node.configuration.testing.stepDelayMilliseconds {
             try await Task.sleep(for: .milliseconds(delay))
         }
         logger.debug("undo", metadata: ["step": "\(step)"])
         switch step {
+        case .firewall:
+            try await firewall.remove()
         case .bridge:
             try await bridge.remove()
         case .dhcp:

@@ -5,7 +5,8 @@ import struct Foundation.Date
 /// the gateway is `.1`, VM `i` gets `.(10+i)`.
 public struct AddressPlan: Sendable, Equatable {
     public let prefix: String
-    /// Bridges are PREFIX + subnet index; at most 12 characters, so names stay within 15.
+    /// Bridges are PREFIX + subnet index, and VM taps bridge + `v` + VM index: at most 7
+    /// characters, so tap names stay within Linux's 15.
     public let bridgePrefix: String
     public static let subnets = 1...254
     public static let firstHost = 10
@@ -16,8 +17,8 @@ public struct AddressPlan: Sendable, Equatable {
             throw .invalidSize(what: "network prefix", value: prefix, reason: "expected two octets such as 10.77")
         }
         self.prefix = prefix
-        guard (1...12).contains(bridgePrefix.utf8.count), bridgePrefix.utf8.allSatisfy({ $0 >= 97 && $0 <= 122 }) else {
-            throw .invalidSize(what: "bridge prefix", value: bridgePrefix, reason: "use 1 to 12 lowercase letters")
+        guard (1...7).contains(bridgePrefix.utf8.count), bridgePrefix.utf8.allSatisfy({ $0 >= 97 && $0 <= 122 }) else {
+            throw .invalidSize(what: "bridge prefix", value: bridgePrefix, reason: "use 1 to 7 lowercase letters")
         }
         self.bridgePrefix = bridgePrefix
     }

@@ -1,6 +1,9 @@
 /// One host-side change that a lifecycle operation makes or undoes. The daemon's executor
 /// carries steps out; this type only decides which steps, in which order.
 public enum Step: Hashable, Sendable, CustomStringConvertible {
+    /// The cluster network's tenant boundary (nftables): made before the bridge exists and
+    /// removed after it is gone, so no guest is ever on the network without it.
+    case firewall
     /// The cluster's bridge with the gateway address on it.
     case bridge
     /// The dnsmasq serving the cluster's static DHCP table and DNS names.
@@ -24,6 +27,7 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
+        case .firewall: return "firewall"
         case .bridge: return "bridge"
         case .dhcp: return "dhcp"
         case .snapshot(let vm): return "snapshot \(vm)"
@@ -50,11 +54,11 @@ public struct ClusterPlan: Sendable, Equatable {
     /// Creating a cluster.
     public static func create(_ cluster: VirtualCluster) -> ClusterPlan {
         ClusterPlan(
-            shared: [.bridge, .dhcp],
+            shared: [.firewall, .bridge, .dhcp],
             machines: cluster.vms.map {
                 [
-                    .snapshot(vm: $0.name), .export(vm: $0.name), .verify(vm: $0.name), .define(vm: $0.name),
-                    .start(vm: $0.name),
+                    .snapshot(vm: $0.name), .export(vm: $0.name), .verify(vm: $0.name),
+                    .define(vm: $0.name), .start(vm: $0.name),
                 ]
             },
             final: cluster.vms.map { .release(vm: $0.name) }
@@ -78,12 +82,14 @@ public struct ClusterPlan: Sendable, Equatable {
         ClusterPlan(shared: [], machines: cluster.vms.map { [.save(vm: $0.name)] })
     }
 
-    /// Resuming: the network and exports are made sure of (they are gone after a host
-    /// restart), each disk is checked, then each VM restored.
+    /// Resuming: the network, exports and secrets are made sure of (they are gone after a
+    /// host restart), each disk is checked, then each VM restored.
     public static func resume(_ cluster: VirtualCluster) -> ClusterPlan {
         ClusterPlan(
-            shared: [.bridge, .dhcp],
-            machines: cluster.vms.map { [.export(vm: $0.name), .verify(vm: $0.name), .start(vm: $0.name)] },
+            shared: [.firewall, .bridge, .dhcp],
+            machines: cluster.vms.map {
+                [.export(vm: $0.name), .verify(vm: $0.name), .start(vm: $0.name)]
+            },
             final: cluster.vms.map { .release(vm: $0.name) }
         )
     }

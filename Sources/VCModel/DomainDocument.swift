@@ -100,6 +100,7 @@ public struct DomainDocument: Sendable, Equatable {
                 <interface type='bridge'>
                   <mac address='\(e(vm.mac))'/>
                   <source bridge='\(e(bridge))'/>
+                  <target dev='\(e(Naming.tap(bridge: bridge, index: vm.index)))'/>
                   <model type='virtio'/>
                 </interface>
                 <serial type='file'>

@@ -25,6 +25,19 @@ public enum Naming {
     /// under a short prefix (`vcbr` unless configured).
     public static func bridge(subnet: Int, prefix: String = "vcbr") -> String { "\(prefix)\(subnet)" }
 
+    /// The host side of a VM's network interface (its tap), fixed so that the tenant
+    /// boundary's rules can name the port a VM's frames come in on. libvirt reserves
+    /// `vnet…`; this stays within Linux's 15 bytes because bridge prefixes are at most 7
+    /// characters (`AddressPlan`) and indexes at most 3 digits.
+    public static func tap(bridge: String, index: Int) -> String { "\(bridge)v\(index)" }
+
+    /// The CHAP user of a VM's disk target.
+    public static func chapUser(vm: String) -> String { "peerless-\(vm)" }
+
+    /// The usage name of the libvirt secret holding a VM disk's CHAP password. Unique on a
+    /// node because domain names are.
+    public static func chapSecretUsage(vm: String) -> String { "peerless-disk-\(vm)" }
+
     /// Locally administered MACs under QEMU's prefix: unique per cluster network because
     /// the subnet index is unique in the catalog.
     public static func mac(subnet: Int, index: Int) -> String {

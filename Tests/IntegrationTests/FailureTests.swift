@@ -31,8 +31,10 @@ import VCModel
         }
     }
 
-    @Test(.timeLimit(.minutes(10)))
-    func vcdKilledDuringCreateUndoesItWhenItStartsAgain() async throws {
+    /// SIGKILL is a crash; SIGTERM a graceful stop (systemd's), which must leave the
+    /// operation journaled, not recorded as failed with host state left behind.
+    @Test(.timeLimit(.minutes(10)), arguments: [SIGKILL, SIGTERM])
+    func vcdKilledDuringCreateUndoesItWhenItStartsAgain(signal: Int32) async throws {
         try await Testbed.with(hooks: "testing:\n  stepDelayMilliseconds: 300") { bed in
             try await bed.importTiny()
             let name = "kc-\(bed.id)"
@@ -42,9 +44,12 @@ import VCModel
                 let names = try await bed.domainNames()
                 return (names.contains("\(name)-1") ? true : nil, "\(names)")
             }
-            bed.stopVCD(signal: SIGKILL)
+            bed.stopVCD(signal: signal)
             let interrupted = try await client.value
             #expect(interrupted.status != 0)
+            if signal == SIGTERM {
+                #expect(interrupted.stderr.contains("vcd is stopping"), "\(interrupted)")
+            }
             let journal = try await bed.etcdKeys()
             #expect(journal.contains { $0.hasSuffix("/ops/\(name)") }, "the journal outlives the crash: \(journal)")
             let cluster = try #require(try await bed.catalogCluster(name))
@@ -60,8 +65,8 @@ import VCModel
         }
     }
 
-    @Test(.timeLimit(.minutes(10)))
-    func vcdKilledDuringDestroyFinishesItWhenItStartsAgain() async throws {
+    @Test(.timeLimit(.minutes(10)), arguments: [SIGKILL, SIGTERM])
+    func vcdKilledDuringDestroyFinishesItWhenItStartsAgain(signal: Int32) async throws {
         try await Testbed.with(hooks: "testing:\n  stepDelayMilliseconds: 300") { bed in
             try await bed.importTiny()
             let name = "kd-\(bed.id)"
@@ -89,8 +94,11 @@ import VCModel
                 let names = try await bed.domainNames()
                 return (!names.contains("\(name)-1") ? true : nil, "\(names)")
             }
-            bed.stopVCD(signal: SIGKILL)
-            _ = try await client.value
+            bed.stopVCD(signal: signal)
+            let interrupted = try await client.value
+            if signal == SIGTERM {
+                #expect(interrupted.stderr.contains("vcd is stopping"), "\(interrupted)")
+            }
             // Killed midway: the network goes last, so it is still there.
             #expect(try await bed.bridgeExists(cluster.network.bridge))
             #expect(try await bed.catalogCluster(name)?.state == .destroying)

@@ -100,10 +100,12 @@ import Testing
     @Test func createPlanMakesNetworkFirstThenEachVMInOrder() throws {
         let c = try cluster(vms: 2)
         let plan = ClusterPlan.create(c)
-        #expect(plan.shared == [.bridge, .dhcp])
+        // The boundary exists before the bridge: no guest is ever on an open network.
+        #expect(plan.shared == [.firewall, .bridge, .dhcp])
         #expect(
             plan.machines[1] == [
-                .snapshot(vm: "a-2"), .export(vm: "a-2"), .verify(vm: "a-2"), .define(vm: "a-2"), .start(vm: "a-2"),
+                .snapshot(vm: "a-2"), .export(vm: "a-2"), .verify(vm: "a-2"), .define(vm: "a-2"),
+                .start(vm: "a-2"),
             ])
         // Every VM starts paused; all are released together at the end.
         #expect(plan.final == [.release(vm: "a-1"), .release(vm: "a-2")])
@@ -112,14 +114,20 @@ import Testing
     @Test func teardownUndoesTheCreateBackwardsWithoutChecks() throws {
         let c = try cluster(vms: 2)
         let plan = ClusterPlan.teardown(c)
-        #expect(plan.shared == [.dhcp, .bridge])
-        #expect(plan.machines[0] == [.start(vm: "a-1"), .define(vm: "a-1"), .export(vm: "a-1"), .snapshot(vm: "a-1")])
+        #expect(plan.shared == [.dhcp, .bridge, .firewall])
+        #expect(
+            plan.machines[0] == [
+                .start(vm: "a-1"), .define(vm: "a-1"), .export(vm: "a-1"), .snapshot(vm: "a-1"),
+            ])
     }
 
     @Test func resumeRemakesWhatARestartLosesBeforeRestoring() throws {
         let c = try cluster(vms: 1)
-        #expect(ClusterPlan.resume(c).shared == [.bridge, .dhcp])
-        #expect(ClusterPlan.resume(c).machines[0] == [.export(vm: "a-1"), .verify(vm: "a-1"), .start(vm: "a-1")])
+        #expect(ClusterPlan.resume(c).shared == [.firewall, .bridge, .dhcp])
+        #expect(
+            ClusterPlan.resume(c).machines[0] == [
+                .export(vm: "a-1"), .verify(vm: "a-1"), .start(vm: "a-1"),
+            ])
         #expect(ClusterPlan.resume(c).final == [.release(vm: "a-1")])
         #expect(ClusterPlan.teardown(c).final.isEmpty)
         #expect(ClusterPlan.suspend(c).machines[0] == [.save(vm: "a-1")])

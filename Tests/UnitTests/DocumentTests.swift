@@ -47,6 +47,8 @@ import Testing
         #expect(
             try value(root, "/domain/devices/disk/source/initiator/iqn/@name") == "iqn.2026-11.dev.peerless:node.n1")
         #expect(try value(root, "/domain/devices/interface/source/@bridge") == "vcbr1")
+        // A fixed tap name: the tenant boundary's rules name the port a VM sends from.
+        #expect(try value(root, "/domain/devices/interface/target/@dev") == "vcbr1v1")
         #expect(try value(root, "/domain/devices/interface/mac/@address") == "52:54:00:77:01:01")
         #expect(try value(root, "/domain/devices/serial/source/@path") == "/var/lib/peerless/consoles/demo/demo-1.log")
         #expect(try root.nodes(forXPath: "/domain/devices/disk/source/auth").isEmpty)
