@@ -100,10 +100,10 @@ let package = Package(
         ),
         .executableTarget(name: "vcnode", dependencies: ["VCCommands"]),
 
-        .testTarget(name: "UnitTests", dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon"]),
+        .testTarget(name: "UnitTests", dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon", "ISCSI"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["VCModel", .product(name: "Subprocess", package: "swift-subprocess")]
+            dependencies: ["VCModel", "ISCSI", .product(name: "Subprocess", package: "swift-subprocess")]
         ),
     ],
     swiftLanguageModes: [.v6]

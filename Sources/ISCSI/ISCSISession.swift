@@ -13,11 +13,20 @@ public final class ISCSISession {
     /// Connects and logs in. Fails with the target's reason, e.g. an initiator name that
     /// the target's ACL does not list ("Target not found").
     public init(initiator: String, target: ISCSITarget, chap: CHAPCredentials? = nil) throws(ISCSIError) {
+        // The context is stored only once it is logged in: a class whose init throws after
+        // every stored property is set runs its deinit, so destroying a failed context here
+        // and then again in deinit freed it twice. Now deinit is its only destroyer.
+        self.context = try Self.connect(initiator: initiator, target: target, chap: chap)
+        self.target = target
+    }
+
+    /// A context logged in to `target`, or the target's reason; a failed context is freed.
+    private static func connect(initiator: String, target: ISCSITarget, chap: CHAPCredentials?) throws(ISCSIError)
+        -> OpaquePointer
+    {
         guard let ctx = iscsi_create_context(initiator) else {
             throw ISCSIError(operation: "iscsi_create_context", message: "out of memory")
         }
-        self.context = ctx
-        self.target = target
         iscsi_set_targetname(ctx, target.iqn)
         iscsi_set_session_type(ctx, ISCSI_SESSION_NORMAL)
         iscsi_set_header_digest(ctx, ISCSI_HEADER_DIGEST_NONE_CRC32C)
@@ -32,6 +41,7 @@ public final class ISCSISession {
             iscsi_destroy_context(ctx)
             throw e
         }
+        return ctx
     }
 
     deinit {
