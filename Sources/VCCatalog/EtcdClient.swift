@@ -38,6 +38,34 @@ public enum CatalogError: Error, Sendable, CustomStringConvertible {
     }
 }
 
+extension CatalogError {
+    /// Whether the same request may succeed when sent again shortly: etcd is restarting or
+    /// electing a leader, which takes seconds. What the gateway answers then, in etcd 3.4:
+    /// `etcdserver/api/v3rpc/rpctypes/error.go` gives "etcdserver: no leader", "leader
+    /// changed", "request timed out" (and its "possibly due to …" forms), "server stopped",
+    /// "not capable" and "unhealthy cluster" gRPC code Unavailable, and "too many requests"
+    /// ResourceExhausted; grpc-gateway v1.9.5 (`runtime/errors.go`, `HTTPStatusFromCode`)
+    /// turns Unavailable into 503, DeadlineExceeded into 504 and ResourceExhausted into 429,
+    /// with the gRPC message in the body. 429 alone is not enough: "mvcc: database space
+    /// exceeded" is ResourceExhausted too, and only an operator ends it.
+    public var isRetryable: Bool {
+        switch self {
+        case .unreachable: return true
+        case .rejected(_, let status, let message):
+            if status == 503 || status == 504 { return true }
+            let text = message.lowercased()
+            return Self.transientMessages.contains { text.contains($0) }
+        case .corrupt, .conflict, .alreadyExists, .notFound, .busy: return false
+        }
+    }
+
+    /// Matched in the message too: a proxy in front of etcd may change the status.
+    static let transientMessages = [
+        "etcdserver: no leader", "etcdserver: leader changed", "etcdserver: request timed out",
+        "etcdserver: too many requests", "etcdserver: server stopped", "etcdserver: unhealthy cluster",
+    ]
+}
+
 /// One key as etcd returns it.
 public struct KeyValue: Sendable, Equatable {
     public var key: String

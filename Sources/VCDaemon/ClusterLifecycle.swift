@@ -91,20 +91,18 @@ public struct ClusterLifecycle: Sendable {
         }
     }
 
-    /// Writes an operation's outcome, riding out a passing etcd outage (an election takes
-    /// seconds). `Catalog.finish` and `forget` recognise a write that already landed.
+    /// Writes an operation's outcome, riding out a passing etcd outage or leader change (an
+    /// election takes seconds). `Catalog.finish` and `forget` recognise a write that
+    /// already landed, so a retried write that had been applied does no harm.
     func commit(_ write: () async throws(CatalogError) -> Void) async throws(CatalogError) {
-        var delay = Duration.milliseconds(250)
-        for attempt in 1...6 {
-            do {
-                return try await write()
-            } catch .unreachable(let endpoint, let reason) where attempt < 6 {
+        try await RetryPolicy.catalogWrite.run(
+            onRetry: { error, attempt in
                 node.logger.warning(
-                    "catalog write failed; retrying", metadata: ["error": "\(reason)", "etcd": "\(endpoint)"])
-                try? await Task.sleep(for: delay)
-                delay *= 2
-            }
-        }
+                    "catalog write failed; retrying",
+                    metadata: [
+                        "error": "\(error)", "attempt": "\(attempt)", "etcd": "\(node.configuration.etcd.endpoint)",
+                    ])
+            }, write)
     }
 
     /// Picks a free subnet and records the cluster and its create operation atomically;
