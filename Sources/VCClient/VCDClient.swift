@@ -193,6 +193,10 @@ public struct VCDClient: Sendable {
 
     private func apiError(status: Int, _ bytes: [UInt8]) -> ClientError {
         if let e = try? JSONDecoder().decode(APIError.self, from: Data(bytes)) { return .api(e, status: status) }
+        // A proxy or the HTTP server itself may refuse a large body before vcd sees it.
+        if status == 413 {
+            return .api(APIError(code: "too-large", message: "the request is larger than vcd accepts"), status: status)
+        }
         return .protocolError("HTTP \(status): \(String(decoding: bytes.prefix(200), as: UTF8.self))")
     }
 

@@ -46,7 +46,7 @@ struct Apply: AsyncParsableCommand {
             do {
                 manifest = try YAMLDecoder().decode(ClusterManifest.self, from: text)
             } catch {
-                throw ValidationError("\(file) is not a cluster manifest: \(error)")
+                throw ValidationError(Self.problem(error, in: file))
             }
             let spec = try manifest.spec()
             try spec.validate()
@@ -75,6 +75,42 @@ struct Apply: AsyncParsableCommand {
             if desired == "suspended" {
                 _ = try await ClusterOps.change(spec.name, .post, "/v1/clusters/\(spec.name)/suspend", global: global)
             }
+        }
+    }
+
+    /// A manifest that did not decode, in one line: `FILE:LINE:COLUMN: problem` where the
+    /// YAML itself breaks (an editor jumps there), else the field that is wrong. Yams wraps
+    /// its syntax errors in a `DecodingError` whose message spans several lines.
+    static func problem(_ error: any Error, in file: String) -> String {
+        var error = error
+        if case DecodingError.dataCorrupted(let context) = error, let yaml = context.underlyingError as? YamlError {
+            error = yaml
+        }
+        switch error {
+        case let yaml as YamlError: return syntaxProblem(yaml, in: file)
+        case let decoding as DecodingError: return "\(file): \(DecodingProblem.describe(decoding))"
+        default:
+            return "\(file) is not a cluster manifest: \(error)".split(whereSeparator: \.isNewline).joined(
+                separator: " ")
+        }
+    }
+
+    private static func syntaxProblem(_ error: YamlError, in file: String) -> String {
+        func at(_ mark: Mark, _ problem: String, _ context: YamlError.Context?) -> String {
+            let during = context.map { " (\($0.text) at \($0.mark.line):\($0.mark.column))" } ?? ""
+            return "\(file):\(mark.line):\(mark.column): \(problem)\(during)"
+        }
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
+            .composer(let context, let problem, let mark, _):
+            return at(mark, problem, context)
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            let keys = duplicates.sorted().map { "'\($0)'" }.joined(separator: ", ")
+            return at(context.mark, "duplicate key \(keys)", nil)
+        case .reader(let problem, let offset, _, _):
+            return "\(file): \(problem)\(offset.map { " at byte \($0)" } ?? "")"
+        case .dataCouldNotBeDecoded: return "\(file): not UTF-8 text"
+        default: return "\(file): \(error)".split(whereSeparator: \.isNewline).joined(separator: " ")
         }
     }
 }

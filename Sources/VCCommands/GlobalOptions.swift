@@ -61,7 +61,7 @@ enum CLI {
     /// 6 vcd unreachable, 7 not allowed (API token missing or wrong).
     static func exitCode(_ code: String) -> Int32 {
         switch code {
-        case "invalid": return 2
+        case "invalid", "too-large": return 2
         case "not-found": return 3
         case "conflict": return 4
         case "unavailable": return 5

@@ -40,8 +40,19 @@ public struct NodeStatusCommand: AsyncParsableCommand {
     public func run() async throws {
         try await CLI.run {
             let s: NodeStatus = try await global.client.get("/v1/node")
-            if global.output == .json { return print(Render.json(s)) }
+            // Exit 5 with JSON too: a script must not take an unhealthy node for a healthy one.
+            let unhealthy = s.daemons.contains { !$0.healthy }
+            if global.output == .json {
+                print(Render.json(s))
+                if unhealthy { throw ExitCode(5) }
+                return
+            }
             let r = s.record
+            let etcd = Self.unknown(because: "etcd", s)
+            let libvirt = Self.unknown(because: "libvirtd", s)
+            let committed = s.committedMemoryMiB.map { "\($0) MiB committed" } ?? "committed \(etcd)"
+            let clusters = s.clusters.map(String.init) ?? etcd
+            let running = s.runningVMs.map { "\($0) VM(s) running" } ?? "VMs running \(libvirt)"
             print(
                 Render.fields([
                     ("Node", r.name),
@@ -49,13 +60,13 @@ public struct NodeStatusCommand: AsyncParsableCommand {
                     ("Accelerator", "\(r.accelerator.kind.rawValue) (\(r.accelerator.reason))"),
                     (
                         "Capacity",
-                        "\(r.capacity.cpus) CPUs, \(r.capacity.memoryMiB) MiB; \(s.committedMemoryMiB) MiB committed"
+                        "\(r.capacity.cpus) CPUs, \(r.capacity.memoryMiB) MiB; \(committed)"
                     ),
                     (
                         "Pool",
                         "\(s.pool.path) (\(s.pool.filesystem), \(s.pool.backing)), \(ByteSize.describe(bytes: s.pool.freeBytes)) free of \(ByteSize.describe(bytes: s.pool.sizeBytes))"
                     ),
-                    ("Clusters", "\(s.clusters), \(s.runningVMs) VM(s) running"),
+                    ("Clusters", "\(clusters), \(running)"),
                     ("vcd", "\(r.version), up since \(Render.date(r.startedAt))"),
                 ]))
             print()
@@ -63,8 +74,14 @@ public struct NodeStatusCommand: AsyncParsableCommand {
                 Render.table(
                     ["DAEMON", "HEALTH", "DETAIL"],
                     s.daemons.map { [$0.name, $0.healthy ? "ok" : "FAILED", $0.detail] }))
-            if s.daemons.contains(where: { !$0.healthy }) { throw ExitCode(5) }
+            if unhealthy { throw ExitCode(5) }
         }
+    }
+
+    /// "unknown (etcd is not answering)": the count depends on `daemon`, which failed.
+    static func unknown(because daemon: String, _ s: NodeStatus) -> String {
+        let healthy = s.daemons.first { $0.name == daemon }?.healthy ?? false
+        return healthy ? "unknown" : "unknown (\(daemon) is not answering)"
     }
 }
 

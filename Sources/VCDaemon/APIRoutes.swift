@@ -82,19 +82,18 @@ struct APIRoutes: Sendable {
         async let tgt = probe("tgtd") { () async throws -> String in
             "\(try await node.exporter.targets().count) target(s) on \(node.configuration.iscsi.portal)"
         }
-        let clusters = (try? await node.catalog.clusters().map(\.value)) ?? []
+        // A count that could not be taken is nil, never 0: the daemons table says why.
+        let clusters = try? await node.catalog.clusters().count
         // Only the domains Peerless made: they carry its metadata element.
-        let running =
-            (try? await node.hypervisor.run { conn in
-                try conn.allDomains().filter {
-                    $0.isActive && $0.metadata(namespace: DomainDocument.metadataNamespace) != nil
-                }
-                .count
-            }) ?? 0
+        let running = try? await node.hypervisor.run { conn in
+            try conn.allDomains().filter {
+                $0.isActive && $0.metadata(namespace: DomainDocument.metadataNamespace) != nil
+            }
+            .count
+        }
         return NodeStatus(
             record: record(), daemons: await [etcd, libvirt, tgt], pool: try node.pool.status(),
-            clusters: clusters.count, runningVMs: running,
-            committedMemoryMiB: (try? await node.committedMemoryMiB()) ?? 0)
+            clusters: clusters, runningVMs: running, committedMemoryMiB: try? await node.committedMemoryMiB())
     }
 
     func record() -> NodeRecord {
@@ -122,14 +121,24 @@ struct APIRoutes: Sendable {
         return e
     }()
 
+    /// The most a request body may hold: every body is a small spec or a file path.
+    static let maxBodyBytes = 1 << 20
+
     private func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws
         -> T
     {
-        let buffer = try await request.body.collect(upTo: 1 << 20)
+        let buffer: ByteBuffer
         do {
-            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+            buffer = try await request.body.collect(upTo: Self.maxBodyBytes)
+        } catch is NIOTooManyBytesError {
+            throw DaemonError.tooLarge(
+                "the request body is larger than \(ByteSize.describe(bytes: UInt64(Self.maxBodyBytes)))")
+        }
+        let body = Data(buffer.readableBytesView)
+        do {
+            return try JSONDecoder().decode(T.self, from: body)
         } catch {
-            throw DaemonError.invalid("the request body is not a valid \(T.self): \(error)")
+            throw DaemonError.invalid("invalid request body: \(DecodingProblem.describeJSON(error, body: body))")
         }
     }
 

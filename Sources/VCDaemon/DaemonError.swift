@@ -20,11 +20,13 @@ public enum DaemonError: Error, Sendable, CustomStringConvertible {
     case failed(String)
     /// The request did not prove it may drive this vcd.
     case unauthorized(String)
+    /// The request is bigger than vcd reads: fix the request, as for `invalid`.
+    case tooLarge(String)
 
     public var description: String {
         switch self {
         case .invalid(let m), .notFound(let m), .conflict(let m), .unavailable(let m), .failed(let m),
-            .unauthorized(let m):
+            .unauthorized(let m), .tooLarge(let m):
             return m
         }
     }
@@ -37,6 +39,7 @@ public enum DaemonError: Error, Sendable, CustomStringConvertible {
         case .unavailable: return "unavailable"
         case .failed: return "failed"
         case .unauthorized: return "unauthorized"
+        case .tooLarge: return "too-large"
         }
     }
 
@@ -48,6 +51,7 @@ public enum DaemonError: Error, Sendable, CustomStringConvertible {
         case .unavailable: return 503
         case .failed: return 500
         case .unauthorized: return 401
+        case .tooLarge: return 413
         }
     }
 

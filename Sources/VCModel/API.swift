@@ -72,13 +72,15 @@ public struct NodeStatus: Codable, Sendable, Equatable {
     public var record: NodeRecord
     public var daemons: [DaemonHealth]
     public var pool: PoolStatus
-    public var clusters: Int
-    public var runningVMs: Int
-    public var committedMemoryMiB: Int
+    /// Counts from etcd (`clusters`, `committedMemoryMiB`) and libvirtd (`runningVMs`);
+    /// nil when that daemon did not answer: a failure must never read as an empty node.
+    public var clusters: Int?
+    public var runningVMs: Int?
+    public var committedMemoryMiB: Int?
 
     public init(
-        record: NodeRecord, daemons: [DaemonHealth], pool: PoolStatus, clusters: Int, runningVMs: Int,
-        committedMemoryMiB: Int
+        record: NodeRecord, daemons: [DaemonHealth], pool: PoolStatus, clusters: Int?, runningVMs: Int?,
+        committedMemoryMiB: Int?
     ) {
         self.record = record
         self.daemons = daemons
@@ -86,6 +88,22 @@ public struct NodeStatus: Codable, Sendable, Equatable {
         self.clusters = clusters
         self.runningVMs = runningVMs
         self.committedMemoryMiB = committedMemoryMiB
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case record, daemons, pool, clusters, runningVMs, committedMemoryMiB
+    }
+
+    /// Writes an unknown count as `null` rather than leaving the key out, so that a script
+    /// reading the JSON sees the field is unknown, not that this version lacks it.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(record, forKey: .record)
+        try c.encode(daemons, forKey: .daemons)
+        try c.encode(pool, forKey: .pool)
+        try c.encode(clusters, forKey: .clusters)
+        try c.encode(runningVMs, forKey: .runningVMs)
+        try c.encode(committedMemoryMiB, forKey: .committedMemoryMiB)
     }
 }
 

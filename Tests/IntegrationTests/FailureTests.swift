@@ -231,6 +231,49 @@ import VCModel
             #expect(ours.isEmpty)
             #expect(try await bed.etcdKeys().filter { !$0.contains("/images/") && !$0.contains("/nodes/") }.isEmpty)
             #expect(FileManager.default.fileExists(atPath: "\(bed.poolPath)/images/junk.raw") == false)
+
+            // Bodies vc would never send, straight to the API: the status says whose fault
+            // it is and the message is one line naming the limit or the field.
+            let big = "\(bed.root)/big.json"
+            try ("{\"name\":\"" + String(repeating: "a", count: (1 << 20) + 1024) + "\"}").write(
+                toFile: big, atomically: true, encoding: .utf8)
+            let bodies: [(String, Int, String)] = [
+                ("@\(big)", 413, "the request body is larger than 1 MiB"),
+                (
+                    #"{"name":"x9","image":"tiny","vms":"three","vcpus":1,"memoryMiB":128,"sshKeys":[]}"#, 400,
+                    "field 'vms': expected a number"
+                ),
+                (#"{"name":"x9","vms":1,"vcpus":1,"memoryMiB":128,"sshKeys":[]}"#, 400, "missing field 'image'"),
+                (#"{"name": "x9", "vms": 1,"#, 400, "not JSON"),
+            ]
+            for (data, status, text) in bodies {
+                let r = try await sh(
+                    "curl",
+                    [
+                        "-sS", "--unix-socket", bed.socket, "http://localhost/v1/clusters", "-H",
+                        "Content-Type: application/json", "-d", data, "-w", "\n%{http_code}",
+                    ])
+                let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+                let answer = try? JSONDecoder().decode(APIError.self, from: Data((lines.first ?? "").utf8))
+                #expect(lines.last == "\(status)"[...], "\(data.prefix(80)): \(r)")
+                #expect(lines.count == 2 && answer?.message.contains(text) == true, "\(data.prefix(80)): \(r)")
+                #expect(answer?.message.contains("\n") == false, "\(data.prefix(80)): \(r)")
+            }
+
+            // Manifests: where the YAML breaks, or which field is wrong, in one line.
+            let broken = "\(bed.root)/broken.yaml"
+            try "name: y1\nimage: tiny\n  vms: 3\n".write(toFile: broken, atomically: true, encoding: .utf8)
+            let mistyped = "\(bed.root)/mistyped.yaml"
+            try "name: y2\nimage: tiny\nvms: three\n".write(toFile: mistyped, atomically: true, encoding: .utf8)
+            for (file, text) in [
+                (broken, "\(broken):3:6: "), (mistyped, "\(mistyped): field 'vms': expected a number"),
+            ] {
+                let r = try await bed.vc(["apply", "-f", file])
+                let lines = r.stderr.split(whereSeparator: \.isNewline)
+                #expect(r.status == 2, "\(r)")
+                #expect(lines.count == 1 && lines[0].hasPrefix("vc: \(text)"), "\(r)")
+            }
+            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
         }
     }
 
@@ -322,7 +365,7 @@ import VCModel
             try await bed.importTiny()
             let status = try await bed.vcnodeStatus()
             let capacity = status.record.capacity
-            let free = capacity.memoryMiB - capacity.reservedMiB - status.committedMemoryMiB
+            let free = capacity.memoryMiB - capacity.reservedMiB - (try #require(status.committedMemoryMiB))
             // Just over half each; QEMU allocates guest memory lazily, the tiny guest uses little.
             let each = free / 2 + 64
             let names = ["oa-\(bed.id)", "ob-\(bed.id)"]
