@@ -100,7 +100,8 @@ let package = Package(
         ),
         .executableTarget(name: "vcnode", dependencies: ["VCCommands"]),
 
-        .testTarget(name: "UnitTests", dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon", "ISCSI"]),
+        .testTarget(
+            name: "UnitTests", dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon", "ISCSI", "Libvirt"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["VCModel", "ISCSI", .product(name: "Subprocess", package: "swift-subprocess")]

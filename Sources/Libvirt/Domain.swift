@@ -12,11 +12,15 @@ public enum DomainState: String, Sendable, Equatable {
 /// usable from any thread, and this class never mutates the stored handle.
 public final class Domain: @unchecked Sendable {
     private let handle: virDomainPtr
+    /// Read once: a domain's name never changes, and asking libvirt for it while building
+    /// an error would reset the error being reported (see `LibvirtError.last`).
+    public let name: String
 
-    init(_ handle: virDomainPtr) { self.handle = handle }
+    init(_ handle: virDomainPtr) {
+        self.handle = handle
+        self.name = virDomainGetName(handle).map { String(cString: $0) } ?? ""
+    }
     deinit { virDomainFree(handle) }
-
-    public var name: String { virDomainGetName(handle).map { String(cString: $0) } ?? "" }
 
     public func state() throws(LibvirtError) -> DomainState {
         var state: Int32 = 0

@@ -16,17 +16,38 @@ public final class LibvirtConnection: @unchecked Sendable {
     private let handle: virConnectPtr
     public let uri: String
 
+    /// How often an idle connection asks libvirtd whether it is alive, and how many
+    /// unanswered asks close it: a hung libvirtd then fails the calls blocked on it within
+    /// about `interval * (count + 1)` seconds, instead of never.
+    public static let keepAliveIntervalSeconds: Int32 = 5
+    public static let keepAliveCount: UInt32 = 3
+
     private static let initialized: Bool = {
         // Required before any other call when libvirt is used from several threads, and it
         // also stops libvirt from printing errors to stderr by itself.
         _ = virInitialize()
         virSetErrorFunc(nil) { _, _ in }
-        return true
+        // Before the first connection: keepalives need the event loop.
+        return LibvirtEventLoop.started
     }()
 
     public init(uri: String) throws(LibvirtError) {
-        _ = Self.initialized
+        guard Self.initialized else {
+            throw LibvirtError(
+                operation: "virEventRegisterDefaultImpl", code: -1, domain: -1,
+                message: "libvirt's event loop could not be started, so connections would have no keepalive")
+        }
         guard let h = virConnectOpen(uri) else { throw LibvirtError.last("virConnectOpen(\(uri))") }
+        // 1 means the other side has no keepalive support; only -1 is a failure, and not
+        // for a driver that runs inside this process (test:///): it has no socket to hang.
+        if virConnectSetKeepAlive(h, Self.keepAliveIntervalSeconds, Self.keepAliveCount) < 0 {
+            let e = LibvirtError.last("virConnectSetKeepAlive(\(uri))")
+            guard e.code == Int32(VIR_ERR_NO_SUPPORT.rawValue) else {
+                virConnectClose(h)
+                throw e
+            }
+        }
+        // Stored only now: a throw after every property is set would run deinit as well.
         self.handle = h
         self.uri = uri
     }
@@ -106,7 +127,8 @@ public final class LibvirtConnection: @unchecked Sendable {
     public func defineISCSISecret(usage: String, value: [UInt8]) throws(LibvirtError) {
         var secret = virSecretLookupByUsage(handle, Int32(VIR_SECRET_USAGE_TYPE_ISCSI.rawValue), usage)
         if secret == nil {
-            virResetLastError()
+            let e = LibvirtError.last("virSecretLookupByUsage(\(usage))")
+            guard e.isNoSecret else { throw e }
             let xml =
                 "<secret ephemeral='no' private='yes'><usage type='iscsi'><target>\(usage)</target></usage></secret>"
             secret = virSecretDefineXML(handle, xml, 0)
@@ -115,5 +137,22 @@ public final class LibvirtConnection: @unchecked Sendable {
         defer { virSecretFree(s) }
         let rc = value.withUnsafeBufferPointer { virSecretSetValue(s, $0.baseAddress, $0.count, 0) }
         guard rc == 0 else { throw LibvirtError.last("virSecretSetValue(\(usage))") }
+    }
+
+    /// Removes the iSCSI CHAP secret with this usage name; nothing to do when libvirt has
+    /// none (a VM whose secret was never made, or was removed already).
+    public func removeISCSISecret(usage: String) throws(LibvirtError) {
+        guard let s = virSecretLookupByUsage(handle, Int32(VIR_SECRET_USAGE_TYPE_ISCSI.rawValue), usage) else {
+            let e = LibvirtError.last("virSecretLookupByUsage(\(usage))")
+            if e.isNoSecret { return }
+            throw e
+        }
+        defer { virSecretFree(s) }
+        guard virSecretUndefine(s) == 0 else {
+            let e = LibvirtError.last("virSecretUndefine(\(usage))")
+            // Another caller removed it between the lookup and here.
+            if e.isNoSecret { return }
+            throw e
+        }
     }
 }

@@ -92,7 +92,8 @@ public enum Daemon {
                 etcd: EtcdClient(endpoint: configuration.etcd.endpoint), prefix: configuration.etcd.prefix)
             _ = try await catalog.nodes()
 
-            let hypervisor = Hypervisor(uri: configuration.libvirtURI)
+            let hypervisor = Hypervisor(
+                uri: configuration.libvirtURI, callTimeout: .seconds(configuration.libvirtCallTimeoutSeconds))
             let info = try await hypervisor.run { try $0.nodeInfo() }
             let exporter = TargetExporter(
                 chap: configuration.iscsi.chapUser.flatMap { u in configuration.iscsi.chapPassword.map { (u, $0) } },

@@ -15,6 +15,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var api: APIConfiguration
     public var etcd: EtcdConfiguration
     public var libvirtURI: String
+    /// How long vcd waits for one libvirt call before it reports libvirtd as not answering
+    /// (a hung libvirtd would otherwise hold the request, and the cluster's lock, forever).
+    public var libvirtCallTimeoutSeconds: Int
     public var pool: PoolConfiguration
     public var network: NetworkConfiguration
     public var iscsi: ISCSIConfiguration
@@ -88,6 +91,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         api = APIConfiguration()
         etcd = EtcdConfiguration()
         libvirtURI = "qemu:///system"
+        libvirtCallTimeoutSeconds = 60
         pool = PoolConfiguration()
         network = NetworkConfiguration()
         iscsi = ISCSIConfiguration()

@@ -76,6 +76,10 @@ public enum DaemonError: Error, Sendable, CustomStringConvertible {
             default: return .failed(e.description)
             }
         case let e as LibvirtError:
+            if e.isUnanswered {
+                // Hung, not gone: restarting it blindly could lose what it is doing.
+                return .unavailable("libvirtd is not answering (\(e.message)); check it (scripts/daemons.sh status)")
+            }
             if e.isConnectionLost {
                 return .unavailable("libvirtd is not answering (\(e.message)); start it (scripts/daemons.sh start)")
             }
