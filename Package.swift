@@ -104,7 +104,10 @@ let package = Package(
             name: "UnitTests", dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon", "ISCSI", "Libvirt"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["VCModel", "ISCSI", .product(name: "Subprocess", package: "swift-subprocess")]
+            dependencies: [
+                "VCModel", "ISCSI", "VCStorage", .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

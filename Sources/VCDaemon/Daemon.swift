@@ -95,9 +95,7 @@ public enum Daemon {
             let hypervisor = Hypervisor(
                 uri: configuration.libvirtURI, callTimeout: .seconds(configuration.libvirtCallTimeoutSeconds))
             let info = try await hypervisor.run { try $0.nodeInfo() }
-            let exporter = TargetExporter(
-                chap: configuration.iscsi.chapUser.flatMap { u in configuration.iscsi.chapPassword.map { (u, $0) } },
-                controlPort: configuration.iscsi.tgtControlPort, logger: logger)
+            let exporter = TargetExporter(controlPort: configuration.iscsi.tgtControlPort, logger: logger)
             _ = try await exporter.targets()
 
             let pool = StoragePool(configuration: configuration.pool, logger: logger)

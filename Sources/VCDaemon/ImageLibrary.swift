@@ -79,13 +79,14 @@ public struct ImageLibrary: Sendable {
         let started = ContinuousClock.now
         do {
             try node.pool.createFile(image.file, size: image.sizeBytes)
-            _ = try await node.exporter.export(iqn: iqn, file: node.pool.path(image.file), initiators: [node.initiator])
+            _ = try await node.exporter.export(
+                iqn: iqn, file: node.pool.path(image.file), initiators: [node.initiator], chap: node.chap)
             events.yield(OperationEvent(kind: .progress, message: "writing", completed: 0, total: image.sizeBytes))
             switch facts.format {
             case "qcow2": try await convertQcow2(source, iqn: iqn, total: image.sizeBytes, events: events)
             default: try await copyRaw(source, iqn: iqn, length: facts.virtualSize, events: events)
             }
-            try await node.exporter.unexport(iqn: iqn)
+            try await node.exporter.unexport(iqn: iqn, account: nil)
             guard var current = try await node.catalog.image(image.name) else {
                 throw CatalogError.notFound(kind: "image", name: image.name)
             }
@@ -145,7 +146,7 @@ public struct ImageLibrary: Sendable {
     /// Removes an image's file, temporary target and catalog key. Idempotent. The key goes
     /// last and only when the file is gone, so that a file is never left without its record.
     func discard(_ image: GoldenImage) async {
-        try? await node.exporter.unexport(iqn: Naming.importIQN(image: image.name))
+        try? await node.exporter.unexport(iqn: Naming.importIQN(image: image.name), account: nil)
         let file = image.file
         do {
             try await node.pool.offload { pool throws(StorageError) in try pool.remove(file) }

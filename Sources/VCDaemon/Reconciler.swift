@@ -147,7 +147,9 @@ public struct Reconciler: Service, CustomStringConvertible {
         let targets = try await node.exporter.targets()
         for vm in cluster.vms where vm.node == node.name {
             let exported = targets.first { $0.iqn == vm.diskIQN }
-            if !TargetExporter.serves(exported, file: node.pool.path(vm.diskFile), to: [node.initiator]) {
+            if !TargetExporter.serves(
+                exported, file: node.pool.path(vm.diskFile), to: [node.initiator], account: node.chap?.user)
+            {
                 node.logger.notice("exporting a disk tgtd lost", metadata: ["vm": "\(vm.name)"])
                 try await runner.perform(.export(vm: vm.name))
             }

@@ -61,7 +61,8 @@ struct StepRunner: Sendable {
         case .export(let name):
             let m = vm(name)
             _ = try await node.exporter.export(
-                iqn: m.diskIQN, file: node.pool.path(m.diskFile), initiators: [Naming.initiatorIQN(node: m.node)])
+                iqn: m.diskIQN, file: node.pool.path(m.diskFile), initiators: [Naming.initiatorIQN(node: m.node)],
+                chap: node.chap)
         case .verify(let name):
             let m = vm(name)
             let size = try node.pool.size(m.diskFile)
@@ -108,7 +109,7 @@ struct StepRunner: Sendable {
                 pool.removeDirectory(directory)
             }
         case .export(let name):
-            try await node.exporter.unexport(iqn: vm(name).diskIQN)
+            try await node.exporter.unexport(iqn: vm(name).diskIQN, account: nil)
         case .verify, .release:
             break
         case .define(let name):

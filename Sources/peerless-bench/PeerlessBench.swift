@@ -88,10 +88,10 @@ struct Provision: AsyncParsableCommand {
             let iqn = Naming.diskIQN(vm: "bench-\(i)")
             let t0 = ContinuousClock.now
             try p.clone(image, to: file)
-            _ = try await exporter.export(iqn: iqn, file: p.path(file), initiators: [initiator])
+            _ = try await exporter.export(iqn: iqn, file: p.path(file), initiators: [initiator], chap: nil)
             _ = try await iscsi.verifyDisk(ISCSITarget(portal: portal, iqn: iqn), expectedBytes: size)
             samples.append(ContinuousClock.now - t0)
-            try await exporter.unexport(iqn: iqn)
+            try await exporter.unexport(iqn: iqn, account: nil)
             try p.remove(file)
         }
         try await iscsi.shutdown()

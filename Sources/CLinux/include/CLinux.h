@@ -1,6 +1,7 @@
 #ifndef PEERLESS_CLINUX_H
 #define PEERLESS_CLINUX_H
 #include <stdint.h>
+#include "tgtadm.h"
 
 /* Linux calls that Swift cannot make directly (variadic ioctl) or whose constants are
    macros. Each returns 0 or -errno. */
