@@ -13,6 +13,7 @@ public struct Versioned<Value: Sendable>: Sendable {
 ///     PREFIX/clusters/NAME    VirtualCluster
 ///     PREFIX/subnets/N        name of the cluster that holds subnet N
 ///     PREFIX/ops/CLUSTER      ClusterOperation running on that cluster (its journal)
+///     PREFIX/secrets/CLUSTER  ClusterSecrets: its disks' CHAP passwords, made with it
 ///     PREFIX/nodes/NAME       NodeRecord, under the node's lease
 ///
 /// Values are JSON in an envelope that carries a schema number. Every write that depends
@@ -34,6 +35,7 @@ public struct Catalog: Sendable {
     public func subnetKey(_ index: Int) -> String { "\(prefix)/subnets/\(index)" }
     public func operationKey(_ cluster: String) -> String { "\(prefix)/ops/\(cluster)" }
     public func nodeKey(_ name: String) -> String { "\(prefix)/nodes/\(name)" }
+    public func secretsKey(_ cluster: String) -> String { "\(prefix)/secrets/\(cluster)" }
 
     // MARK: images
 
@@ -75,21 +77,35 @@ public struct Catalog: Sendable {
         try await readAll("\(prefix)/clusters/")
     }
 
+    /// Writes a cluster's record if nobody changed it since it was read.
+    public func update(_ cluster: Versioned<VirtualCluster>) async throws(CatalogError) {
+        let key = clusterKey(cluster.value.name)
+        guard
+            try await etcd.txn(
+                [.modRevision(key, equals: cluster.modRevision)], success: [.put(key, try encode(cluster.value))])
+        else {
+            throw .conflict(key: key)
+        }
+    }
+
     public func usedSubnets() async throws(CatalogError) -> Set<Int> {
         let kvs = try await etcd.list(prefix: "\(prefix)/subnets/")
         return Set(kvs.compactMap { Int($0.key.split(separator: "/").last ?? "") })
     }
 
-    /// Atomically records a new cluster, claims its subnet and opens its create operation.
-    /// Fails with `.alreadyExists` when the name is taken, `.conflict` when the subnet was
-    /// claimed by a concurrent create (pick another and retry).
-    public func beginCreate(_ cluster: VirtualCluster, operation: ClusterOperation) async throws(CatalogError) {
+    /// Atomically records a new cluster with its disks' secrets, claims its subnet and opens
+    /// its create operation. Fails with `.alreadyExists` when the name is taken, `.conflict`
+    /// when the subnet was claimed by a concurrent create (pick another and retry).
+    public func beginCreate(_ cluster: VirtualCluster, secrets: ClusterSecrets, operation: ClusterOperation)
+        async throws(CatalogError)
+    {
         let ck = clusterKey(cluster.name)
         let sk = subnetKey(cluster.network.subnet)
         let ok = try await etcd.txn(
             [.absent(ck), .absent(sk), .absent(operationKey(cluster.name))],
             success: [
                 .put(ck, try encode(cluster)), .put(sk, Array(cluster.name.utf8)),
+                .put(secretsKey(cluster.name), try encode(secrets)),
                 .put(operationKey(cluster.name), try encode(operation)),
             ])
         guard ok else {
@@ -146,7 +162,7 @@ public struct Catalog: Sendable {
             [.value(operationKey(cluster.name), equals: try encode(operation))],
             success: [
                 .delete(clusterKey(cluster.name)), .delete(subnetKey(cluster.network.subnet)),
-                .delete(operationKey(cluster.name)),
+                .delete(secretsKey(cluster.name)), .delete(operationKey(cluster.name)),
             ])
         if ok { return }
         let journal = try await self.operation(cluster.name)
@@ -159,6 +175,12 @@ public struct Catalog: Sendable {
         try await etcd.txn(
             [.value(operationKey(operation.cluster), equals: try encode(operation))],
             success: [.delete(operationKey(operation.cluster))])
+    }
+
+    /// The CHAP passwords of a cluster's disks; nil for a cluster made before they existed.
+    public func secrets(_ cluster: String) async throws(CatalogError) -> ClusterSecrets? {
+        let v: Versioned<ClusterSecrets>? = try await read(secretsKey(cluster))
+        return v?.value
     }
 
     // MARK: operations

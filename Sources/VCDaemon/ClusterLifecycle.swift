@@ -40,7 +40,7 @@ public struct ClusterLifecycle: Sendable {
         do {
             try await refuseExistingResources(spec)
             let hostSubnets = await ClusterBridge.subnetsInUseOnHost(bridgePrefix: node.addresses.bridgePrefix)
-            let (cluster, operation) = try await node.admission.admit { () async throws in
+            let (cluster, operation, secrets) = try await node.admission.admit { () async throws in
                 try await admissionDelay()
                 try node.capacity.admit(spec, committedMiB: try await node.committedMemoryMiB())
                 return try await claim(spec, avoiding: hostSubnets)
@@ -49,7 +49,7 @@ public struct ClusterLifecycle: Sendable {
             events.yield(
                 .step("planned \(cluster.vms.count) VMs on \(cluster.network.cidr) (\(cluster.network.bridge))"))
             let started = node.operations.start {
-                await runCreate(cluster, image: image, operation: operation, events: events)
+                await runCreate(cluster, image: image, secrets: secrets, operation: operation, events: events)
                 await node.locks.unlock(spec.name)
             }
             // Stopping between the journal write and here: the next start undoes the create.
@@ -105,10 +105,11 @@ public struct ClusterLifecycle: Sendable {
             }, write)
     }
 
-    /// Picks a free subnet and records the cluster and its create operation atomically;
-    /// retries with the next subnet when a concurrent create took it first.
+    /// Picks a free subnet and records the cluster, its disks' fresh CHAP secrets and its
+    /// create operation atomically; retries with the next subnet when a concurrent create
+    /// took it first.
     private func claim(_ spec: ClusterSpec, avoiding hostSubnets: Set<Int>) async throws -> (
-        VirtualCluster, ClusterOperation
+        VirtualCluster, ClusterOperation, ClusterSecrets
     ) {
         var tried = hostSubnets
         for _ in 0..<8 {
@@ -121,9 +122,11 @@ public struct ClusterLifecycle: Sendable {
                 spec: spec, subnet: subnet, node: node.name, addresses: node.addresses, now: now)
             let operation = ClusterOperation(
                 id: UUID().uuidString, kind: .create, cluster: spec.name, node: node.name, startedAt: now)
+            var random = SystemRandomNumberGenerator()
+            let secrets = ClusterSecrets.make(for: cluster.vms, using: &random)
             do {
-                try await catalog.beginCreate(cluster, operation: operation)
-                return (cluster, operation)
+                try await catalog.beginCreate(cluster, secrets: secrets, operation: operation)
+                return (cluster, operation, secrets)
             } catch .conflict {
                 tried.insert(subnet)
             }
@@ -149,13 +152,13 @@ public struct ClusterLifecycle: Sendable {
     }
 
     private func runCreate(
-        _ cluster: VirtualCluster, image: GoldenImage, operation: ClusterOperation,
+        _ cluster: VirtualCluster, image: GoldenImage, secrets: ClusterSecrets, operation: ClusterOperation,
         events: AsyncStream<OperationEvent>.Continuation
     ) async {
         var logger = node.logger
         logger[metadataKey: "cluster"] = "\(cluster.name)"
         let started = ContinuousClock.now
-        let runner = StepRunner(node: node, cluster: cluster, image: image)
+        let runner = StepRunner(node: node, cluster: cluster, image: image, secrets: secrets)
         var execution = PlanExecution(runner: runner, events: events)
         if let failAfter = node.configuration.testing.failCreateAfterVMs {
             execution.machineCompleted = { done in

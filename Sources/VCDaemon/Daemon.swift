@@ -123,12 +123,6 @@ public enum Daemon {
                 iscsi: ISCSIClient(initiator: Naming.initiatorIQN(node: configuration.node)), exporter: exporter,
                 pool: pool,
                 addresses: addresses, accelerator: accelerator, capacity: capacity)
-            if let chap = node.chap {
-                // QEMU reads the password from a libvirt secret, never from the domain XML.
-                try await hypervisor.run { [usage = node.chapSecretUsage] in
-                    try $0.defineISCSISecret(usage: usage, value: Array(chap.password.utf8))
-                }
-            }
             return node
         } catch {
             throw DaemonError.from(error)

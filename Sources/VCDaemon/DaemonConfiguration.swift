@@ -58,9 +58,6 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var portal: String = "127.0.0.1:3260"
         /// tgtd's management port (`tgtadm --control-port`); 0 for the default.
         public var tgtControlPort: Int = 0
-        /// CHAP on every VM disk when both are set.
-        public var chapUser: String?
-        public var chapPassword: String?
     }
 
     public struct AcceleratorConfiguration: Codable, Sendable, Equatable {
@@ -76,6 +73,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public struct TestingHooks: Codable, Sendable, Equatable {
         /// Make a create fail once this many VMs are complete (rollback tests).
         public var failCreateAfterVMs: Int?
+        /// Make the step with this description (e.g. "secret web-2") fail (rollback tests).
+        public var failStep: String?
         /// Sleep before every host step (crash-recovery tests).
         public var stepDelayMilliseconds: Int?
         /// Sleep inside the admission gate (concurrent-admission tests).
@@ -112,8 +111,17 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
 
     struct UnknownSetting: Error, CustomStringConvertible {
         var path: String
-        var description: String { "unknown setting '\(path)'" }
+        var description: String {
+            if let why = DaemonConfiguration.retired[path] { return "setting '\(path)' is gone: \(why); remove it" }
+            return "unknown setting '\(path)'"
+        }
     }
+
+    /// Settings earlier versions read, and why they went.
+    static let retired = [
+        "iscsi.chapUser": "every VM disk has a CHAP secret of its own now, made at create",
+        "iscsi.chapPassword": "every VM disk has a CHAP secret of its own now, made at create",
+    ]
 
     private static func merge(_ given: Any, over defaults: Any, path: String) throws -> Any {
         guard let g = given as? [String: Any], let d = defaults as? [String: Any] else { return given }
@@ -129,7 +137,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     /// Optional settings are absent from the encoded defaults, so they are listed here.
     private static func isOptionalSetting(_ path: String) -> Bool {
         [
-            "api.tokenFile", "iscsi.chapUser", "iscsi.chapPassword", "testing.failCreateAfterVMs",
+            "api.tokenFile", "testing.failCreateAfterVMs", "testing.failStep",
             "testing.stepDelayMilliseconds", "testing.admissionDelayMilliseconds",
         ]
         .contains(path)

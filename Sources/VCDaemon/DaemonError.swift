@@ -67,7 +67,9 @@ public enum DaemonError: Error, Sendable, CustomStringConvertible {
             case .alreadyExists, .busy, .conflict: return .conflict(e.description)
             case .notFound: return .notFound(e.description)
             case .unreachable: return .unavailable(e.description)
-            case .rejected, .corrupt: return .failed(e.description)
+            // etcd electing a leader is a daemon that is briefly down, not a failed request.
+            case .rejected: return e.isRetryable ? .unavailable(e.description) : .failed(e.description)
+            case .corrupt: return .failed(e.description)
             }
         case let e as StorageError:
             switch e {

@@ -36,10 +36,6 @@ public struct ImageLibrary: Sendable {
                 throw CatalogError.alreadyExists(kind: "image", name: request.name)
             }
             facts = try await ImageInspector.inspect(request.path)
-            if facts.format == "qcow2", node.chap != nil {
-                throw DaemonError.invalid(
-                    "qcow2 import with CHAP is not supported yet; convert to raw first (qemu-img convert -O raw)")
-            }
             // LUNs are whole 512-byte blocks.
             let size = (facts.virtualSize + 511) / 512 * 512
             let free = try node.pool.status().freeBytes
@@ -77,16 +73,21 @@ public struct ImageLibrary: Sendable {
     ) async {
         let iqn = Naming.importIQN(image: image.name)
         let started = ContinuousClock.now
+        // The import target requires CHAP like every other, with a password made for this
+        // import alone and forgotten with its target.
+        var random = SystemRandomNumberGenerator()
+        let chap = CHAPCredentials(
+            user: Naming.chapUser(importing: image.name), password: ClusterSecrets.password(using: &random))
         do {
             try node.pool.createFile(image.file, size: image.sizeBytes)
             _ = try await node.exporter.export(
-                iqn: iqn, file: node.pool.path(image.file), initiators: [node.initiator], chap: node.chap)
+                iqn: iqn, file: node.pool.path(image.file), initiators: [node.initiator], chap: chap)
             events.yield(OperationEvent(kind: .progress, message: "writing", completed: 0, total: image.sizeBytes))
             switch facts.format {
-            case "qcow2": try await convertQcow2(source, iqn: iqn, total: image.sizeBytes, events: events)
-            default: try await copyRaw(source, iqn: iqn, length: facts.virtualSize, events: events)
+            case "qcow2": try await convertQcow2(source, iqn: iqn, chap: chap, total: image.sizeBytes, events: events)
+            default: try await copyRaw(source, iqn: iqn, chap: chap, length: facts.virtualSize, events: events)
             }
-            try await node.exporter.unexport(iqn: iqn, account: nil)
+            try await node.exporter.unexport(iqn: iqn, account: chap.user)
             guard var current = try await node.catalog.image(image.name) else {
                 throw CatalogError.notFound(kind: "image", name: image.name)
             }
@@ -110,7 +111,8 @@ public struct ImageLibrary: Sendable {
     }
 
     private func copyRaw(
-        _ source: String, iqn: String, length: UInt64, events: AsyncStream<OperationEvent>.Continuation
+        _ source: String, iqn: String, chap: CHAPCredentials, length: UInt64,
+        events: AsyncStream<OperationEvent>.Continuation
     ) async throws {
         let fd = open(source, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw StorageError.unreadable(path: source, reason: String(cString: strerror(errno))) }
@@ -118,7 +120,7 @@ public struct ImageLibrary: Sendable {
         // Tell the kernel we read it once, front to back.
         _ = posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_SEQUENTIAL))
         let total = length
-        _ = try await node.iscsi.withSession(node.target(iqn: iqn), chap: node.chap) { session in
+        _ = try await node.iscsi.withSession(node.target(iqn: iqn), chap: chap) { session in
             let capacity = try session.readCapacity()
             var reported: UInt64 = 0
             return try session.copy(fromFile: fd, length: total, blockSize: capacity.blockSize) { done in
@@ -131,14 +133,25 @@ public struct ImageLibrary: Sendable {
         }
     }
 
-    /// qcow2 needs decoding; QEMU's own libiscsi driver writes it into the target.
+    /// qcow2 needs decoding; QEMU's own libiscsi driver writes it into the target. The CHAP
+    /// password reaches qemu-img through a secret object read from a root-only file, never
+    /// on its command line.
     private func convertQcow2(
-        _ source: String, iqn: String, total: UInt64, events: AsyncStream<OperationEvent>.Continuation
+        _ source: String, iqn: String, chap: CHAPCredentials, total: UInt64,
+        events: AsyncStream<OperationEvent>.Continuation
     ) async throws {
+        let secretFile =
+            "\(node.configuration.stateDirectory)/import-\(iqn.split(separator: ":").last ?? "image").secret"
+        try HostFiles.write(secretFile, chap.password, mode: 0o600)
+        defer { unlink(secretFile) }
         let target =
-            "driver=iscsi,transport=tcp,portal=\(node.configuration.iscsi.portal),target=\(iqn),lun=1,initiator-name=\(node.initiator)"
+            "driver=iscsi,transport=tcp,portal=\(node.configuration.iscsi.portal),target=\(iqn),lun=1,initiator-name=\(node.initiator),user=\(chap.user),password-secret=chap"
         try await HostCommand.run(
-            "qemu-img", ["convert", "-n", "-f", "qcow2", "--target-image-opts", source, target],
+            "qemu-img",
+            [
+                "convert", "-n", "-f", "qcow2", "--object", "secret,id=chap,file=\(secretFile)",
+                "--target-image-opts", source, target,
+            ],
             timeout: .seconds(6 * 3600), logger: node.logger)
         events.yield(OperationEvent(kind: .progress, completed: total, total: total))
     }
@@ -146,7 +159,8 @@ public struct ImageLibrary: Sendable {
     /// Removes an image's file, temporary target and catalog key. Idempotent. The key goes
     /// last and only when the file is gone, so that a file is never left without its record.
     func discard(_ image: GoldenImage) async {
-        try? await node.exporter.unexport(iqn: Naming.importIQN(image: image.name), account: nil)
+        try? await node.exporter.unexport(
+            iqn: Naming.importIQN(image: image.name), account: Naming.chapUser(importing: image.name))
         let file = image.file
         do {
             try await node.pool.offload { pool throws(StorageError) in try pool.remove(file) }

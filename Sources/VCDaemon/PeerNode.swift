@@ -33,14 +33,6 @@ public struct PeerNode: Sendable {
         return ISCSIPortal(host: String(parts[0]), port: parts.count > 1 ? Int(parts[1]) ?? 3260 : 3260)
     }
 
-    public var chap: CHAPCredentials? {
-        guard let u = configuration.iscsi.chapUser, let p = configuration.iscsi.chapPassword else { return nil }
-        return CHAPCredentials(user: u, password: p)
-    }
-
-    /// The libvirt secret that holds this node's CHAP password for QEMU.
-    public var chapSecretUsage: String { "peerless-chap-\(name)" }
-
     public var consoleDirectory: String { "\(configuration.stateDirectory)/consoles" }
     public var networkDirectory: String { "\(configuration.stateDirectory)/net" }
 

@@ -118,10 +118,14 @@ public struct Reconciler: Service, CustomStringConvertible {
             guard await node.locks.tryLock(name, as: .repair) else { continue }
             do {
                 if try await node.catalog.operation(name) == nil,
-                    let cluster = try await node.catalog.cluster(name)?.value,
-                    cluster.state == .running
+                    let cluster = try await node.catalog.cluster(name),
+                    cluster.value.state == .running
                 {
-                    try await reconcile(cluster, tables: tables)
+                    if let secrets = try await node.catalog.secrets(name) {
+                        try await reconcile(cluster.value, secrets: secrets, tables: tables)
+                    } else {
+                        try await close(cluster)
+                    }
                 }
             } catch {
                 node.logger.warning(
@@ -132,8 +136,8 @@ public struct Reconciler: Service, CustomStringConvertible {
     }
 
     /// Re-makes what a running cluster's VMs on this node need, and starts those that stopped.
-    private func reconcile(_ cluster: VirtualCluster, tables: Set<String>?) async throws {
-        let runner = StepRunner(node: node, cluster: cluster, image: nil)
+    private func reconcile(_ cluster: VirtualCluster, secrets: ClusterSecrets, tables: Set<String>?) async throws {
+        let runner = StepRunner(node: node, cluster: cluster, image: nil, secrets: secrets)
         // The boundary first: a network must never be up without it. Unknown (nft failed
         // to list) counts as missing.
         if !(tables.map { ClusterFirewall.isLoaded(bridge: cluster.network.bridge, tables: $0) } ?? false) {
@@ -147,10 +151,13 @@ public struct Reconciler: Service, CustomStringConvertible {
         let targets = try await node.exporter.targets()
         for vm in cluster.vms where vm.node == node.name {
             let exported = targets.first { $0.iqn == vm.diskIQN }
+            // Also a target tgtd lost its CHAP account for: re-made with the account bound
+            // before any initiator, so nobody logs in without the secret meanwhile.
+            let account = Naming.chapUser(vm: vm.name)
             if !TargetExporter.serves(
-                exported, file: node.pool.path(vm.diskFile), to: [node.initiator], account: node.chap?.user)
+                exported, file: node.pool.path(vm.diskFile), to: [node.initiator], account: account)
             {
-                node.logger.notice("exporting a disk tgtd lost", metadata: ["vm": "\(vm.name)"])
+                node.logger.notice("exporting a disk tgtd lost or altered", metadata: ["vm": "\(vm.name)"])
                 try await runner.perform(.export(vm: vm.name))
             }
             let active = try await node.hypervisor.run { try $0.domain(named: vm.name)?.isActive ?? false }
@@ -165,5 +172,22 @@ public struct Reconciler: Service, CustomStringConvertible {
             // Also frees one a crash left paused between start and release.
             try await runner.perform(.release(vm: vm.name))
         }
+    }
+
+    /// A running cluster made before every disk had its own CHAP secret: its disks were
+    /// open to anyone with the node's initiator name. Never left so: its targets are
+    /// removed and the cluster is marked failed with what to do.
+    private func close(_ cluster: Versioned<VirtualCluster>) async throws {
+        let message = StepRunner.noSecret(cluster.value.name)
+        node.logger.error(
+            "closing the disks of a cluster without CHAP secrets", metadata: ["cluster": "\(cluster.value.name)"])
+        for vm in cluster.value.vms where vm.node == node.name {
+            try await node.exporter.unexport(iqn: vm.diskIQN, account: nil)
+        }
+        var failed = cluster
+        failed.value.state = .failed
+        failed.value.message = message
+        failed.value.updatedAt = node.now()
+        try await node.catalog.update(failed)
     }
 }

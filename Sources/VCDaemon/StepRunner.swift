@@ -16,6 +16,9 @@ struct StepRunner: Sendable {
     let cluster: VirtualCluster
     /// The golden image, needed only to make snapshots.
     let image: GoldenImage?
+    /// The disks' CHAP passwords when the caller holds them (a create); read from the
+    /// catalog otherwise.
+    var secrets: ClusterSecrets? = nil
 
     private var logger: Logger {
         var l = node.logger
@@ -47,6 +50,9 @@ struct StepRunner: Sendable {
             try await Task.sleep(for: .milliseconds(delay))
         }
         logger.debug("step", metadata: ["step": "\(step)"])
+        if let failing = node.configuration.testing.failStep, failing == step.description {
+            throw DaemonError.failed("injected failure of step '\(failing)' (testing.failStep)")
+        }
         switch step {
         case .firewall:
             try await firewall.ensure()
@@ -62,14 +68,21 @@ struct StepRunner: Sendable {
             let m = vm(name)
             _ = try await node.exporter.export(
                 iqn: m.diskIQN, file: node.pool.path(m.diskFile), initiators: [Naming.initiatorIQN(node: m.node)],
-                chap: node.chap)
+                chap: try await credentials(name))
         case .verify(let name):
             let m = vm(name)
             let size = try node.pool.size(m.diskFile)
+            let chap = try await credentials(name)
             do {
-                _ = try await node.iscsi.verifyDisk(node.target(iqn: m.diskIQN), expectedBytes: size, chap: node.chap)
+                _ = try await node.iscsi.verifyDisk(node.target(iqn: m.diskIQN), expectedBytes: size, chap: chap)
             } catch {
                 throw DaemonError.failed("disk of \(name) does not answer as expected, VM not started: \(error)")
+            }
+        case .secret(let name):
+            // QEMU reads the password from this root-only libvirt secret, never from the XML.
+            let password = Array(try await credentials(name).password.utf8)
+            try await node.hypervisor.run {
+                try $0.defineISCSISecret(usage: Naming.chapSecretUsage(vm: name), value: password)
             }
         case .define(let name):
             let xml = document(vm(name)).xml
@@ -109,7 +122,9 @@ struct StepRunner: Sendable {
                 pool.removeDirectory(directory)
             }
         case .export(let name):
-            try await node.exporter.unexport(iqn: vm(name).diskIQN, account: nil)
+            try await node.exporter.unexport(iqn: vm(name).diskIQN, account: Naming.chapUser(vm: name))
+        case .secret(let name):
+            try await node.hypervisor.run { try $0.removeISCSISecret(usage: Naming.chapSecretUsage(vm: name)) }
         case .verify, .release:
             break
         case .define(let name):
@@ -131,6 +146,19 @@ struct StepRunner: Sendable {
         }
     }
 
+    /// The CHAP credentials of a VM's disk: from the create that made them, else from the
+    /// catalog. A cluster made before disks had secrets of their own has none and is refused.
+    func credentials(_ vm: String) async throws -> CHAPCredentials {
+        let known: ClusterSecrets?
+        if let secrets { known = secrets } else { known = try await node.catalog.secrets(cluster.name) }
+        guard let password = known?.disks[vm] else { throw DaemonError.failed(Self.noSecret(cluster.name)) }
+        return CHAPCredentials(user: Naming.chapUser(vm: vm), password: password)
+    }
+
+    static func noSecret(_ cluster: String) -> String {
+        "cluster '\(cluster)' was made before every disk had its own CHAP secret, so its disks are not exported; destroy it ('vc cluster destroy \(cluster)') and create it again"
+    }
+
     // MARK: - domains
 
     func document(_ m: VirtualMachine) -> DomainDocument {
@@ -138,7 +166,7 @@ struct StepRunner: Sendable {
             vm: m, cluster: cluster.name, vcpus: cluster.spec.vcpus, memoryMiB: cluster.spec.memoryMiB,
             bridge: cluster.network.bridge, portal: node.portal, initiator: Naming.initiatorIQN(node: m.node),
             accelerator: node.accelerator.kind, consolePath: node.consolePath(cluster: cluster.name, vm: m.name),
-            chap: node.chap.map { CHAPReference(user: $0.user, secretUsage: node.chapSecretUsage) },
+            chap: CHAPReference(user: Naming.chapUser(vm: m.name), secretUsage: Naming.chapSecretUsage(vm: m.name)),
             sshKeys: cluster.spec.sshKeys)
     }
 
@@ -149,7 +177,7 @@ struct StepRunner: Sendable {
         let hasImage = node.pool.exists(m.saveFile)
         // A resume must restore memory; booting afresh would silently lose the guests' state.
         let mustRestore = cluster.state == .resuming
-        try await node.hypervisor.run { conn in
+        try await node.hypervisor.run(timeout: Self.memoryImageTimeout) { conn in
             guard let d = try conn.domain(named: m.name) else {
                 throw DaemonError.failed("domain \(m.name) is not defined")
             }
@@ -178,7 +206,7 @@ struct StepRunner: Sendable {
         let final = node.pool.path(m.saveFile)
         let partial = final + ".partial"
         try HostFiles.makeDirectories(HostFiles.parent(final))
-        let keep = try await node.hypervisor.run { conn -> Bool in
+        let keep = try await node.hypervisor.run(timeout: Self.memoryImageTimeout) { conn -> Bool in
             guard let d = try conn.domain(named: m.name) else {
                 throw DaemonError.failed("domain \(m.name) is not defined")
             }
@@ -195,6 +223,11 @@ struct StepRunner: Sendable {
             }
         }
     }
+
+    /// A save or restore moves the guest's whole memory: it may take far longer than an
+    /// ordinary libvirt call. A libvirtd that hangs meanwhile is still caught by the
+    /// connection's keepalive.
+    static let memoryImageTimeout = Duration.seconds(30 * 60)
 
     private func undefine(_ name: String) async throws {
         try await node.hypervisor.run { conn in

@@ -14,6 +14,8 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
     case export(vm: String)
     /// Log in through libiscsi and check TEST UNIT READY, INQUIRY, READ CAPACITY.
     case verify(vm: String)
+    /// The libvirt secret that gives QEMU the VM disk's CHAP password.
+    case secret(vm: String)
     /// The libvirt domain definition.
     case define(vm: String)
     /// Start (or restore) the domain with its vCPUs paused.
@@ -33,6 +35,7 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
         case .snapshot(let vm): return "snapshot \(vm)"
         case .export(let vm): return "export \(vm)"
         case .verify(let vm): return "verify \(vm)"
+        case .secret(let vm): return "secret \(vm)"
         case .define(let vm): return "define \(vm)"
         case .start(let vm): return "start \(vm)"
         case .release(let vm): return "release \(vm)"
@@ -57,7 +60,7 @@ public struct ClusterPlan: Sendable, Equatable {
             shared: [.firewall, .bridge, .dhcp],
             machines: cluster.vms.map {
                 [
-                    .snapshot(vm: $0.name), .export(vm: $0.name), .verify(vm: $0.name),
+                    .snapshot(vm: $0.name), .export(vm: $0.name), .verify(vm: $0.name), .secret(vm: $0.name),
                     .define(vm: $0.name), .start(vm: $0.name),
                 ]
             },
@@ -88,7 +91,7 @@ public struct ClusterPlan: Sendable, Equatable {
         ClusterPlan(
             shared: [.firewall, .bridge, .dhcp],
             machines: cluster.vms.map {
-                [.export(vm: $0.name), .verify(vm: $0.name), .start(vm: $0.name)]
+                [.export(vm: $0.name), .verify(vm: $0.name), .secret(vm: $0.name), .start(vm: $0.name)]
             },
             final: cluster.vms.map { .release(vm: $0.name) }
         )

@@ -31,8 +31,12 @@ public enum Naming {
     /// characters (`AddressPlan`) and indexes at most 3 digits.
     public static func tap(bridge: String, index: Int) -> String { "\(bridge)v\(index)" }
 
-    /// The CHAP user of a VM's disk target.
-    public static func chapUser(vm: String) -> String { "peerless-\(vm)" }
+    /// The CHAP user of a VM's disk target. Dots appear in neither VM nor image names, so
+    /// the two kinds of account never meet.
+    public static func chapUser(vm: String) -> String { "peerless.vm.\(vm)" }
+
+    /// The CHAP user of an image's import target, made for one import.
+    public static func chapUser(importing image: String) -> String { "peerless.import.\(image)" }
 
     /// The usage name of the libvirt secret holding a VM disk's CHAP password. Unique on a
     /// node because domain names are.

@@ -26,6 +26,16 @@ import VCModel
                 let now = try await bed.targets().map(\.iqn).sorted()
                 return (now == exported ? true : nil, "\(now)")
             }
+            // ... each with its CHAP account bound again: the node's name alone gets nothing.
+            let remade = try await bed.vcJSON(ClusterStatus.self, ["cluster", "show", name])
+            for vm in remade.vms {
+                let open = try await sh(
+                    "iscsi-inq", ["-i", bed.initiator, "iscsi://127.0.0.1:\(bed.iscsiPort)/\(vm.disk)/1"])
+                #expect(open.status != 0, "a re-made target admits a login without the secret: \(open)")
+            }
+            let accounts = try await bed.tgtadm(["--op", "show", "--mode", "target"]).stdout
+            for vm in vms { #expect(accounts.contains(Naming.chapUser(vm: vm)), "\(accounts)") }
+
             // A target whose ACL lost the node's initiator gets it back; targets that need
             // nothing are left as they are (same tids across passes).
             let settled = try await bed.targets().sorted { $0.tid < $1.tid }
@@ -52,9 +62,12 @@ import VCModel
             try await Task.sleep(for: .seconds(5))
             #expect(try await bed.targets().sorted { $0.tid < $1.tid }.map(\.tid) == settled.map(\.tid))
 
-            // Still bound to this node's initiator only.
+            // Still bound to this node's initiator only: even with the disk's secret, another
+            // initiator name is not let in.
             let cluster = try await bed.vcJSON(ClusterStatus.self, ["cluster", "show", name])
-            let url = "iscsi://127.0.0.1:\(bed.iscsiPort)/\(cluster.vms[0].disk)/1"
+            let password = try #require(try await bed.catalogSecrets(name)?.disks[vms[0]])
+            let url =
+                "iscsi://\(Naming.chapUser(vm: vms[0]))%\(password)@127.0.0.1:\(bed.iscsiPort)/\(cluster.vms[0].disk)/1"
             let stranger = try await sh("iscsi-inq", ["-i", "iqn.2026-11.dev.example:stranger", url])
             #expect((stranger.stdout + stranger.stderr).contains("Target not found"), "\(stranger)")
 
@@ -73,6 +86,32 @@ import VCModel
             #expect(show.cluster.state == .running)
             #expect(try await bed.vc(["cluster", "destroy", name]).status == 0)
             #expect(try await bed.leftovers(of: name, vms: 2, bridge: cluster.cluster.network.bridge) == [])
+        }
+    }
+
+    /// A cluster without per-VM secrets (as one made before they existed) is never left
+    /// with open disks: the reconciler removes its targets and says what to do.
+    @Test(.timeLimit(.minutes(10)))
+    func aClusterWithoutDiskSecretsIsClosedNotLeftOpen() async throws {
+        try await Testbed.with(hooks: "reconcileIntervalSeconds: 2") { bed in
+            try await bed.importTiny()
+            let name = "ns-\(bed.id)"
+            let created = try await bed.vc([
+                "cluster", "create", name, "--image", "tiny", "--vms", "1", "--memory", "128M",
+            ])
+            #expect(created.status == 0, "\(created)")
+            #expect(try await sh("etcdctl", ["del", "\(bed.prefix)/secrets/\(name)"]).status == 0)
+            let closed = try await eventually("the cluster to be closed", timeout: .seconds(60)) {
+                let c = try await bed.catalogCluster(name)
+                return (c?.state == .failed ? c : nil, "\(c?.state.rawValue ?? "gone")")
+            }
+            #expect(closed.message?.contains("destroy it ('vc cluster destroy \(name)') and create it again") == true)
+            #expect(try await bed.targets().isEmpty, "its disks are not exported any more")
+            let shown = try await bed.vc(["cluster", "show", name])
+            #expect(shown.stdout.contains("made before every disk had its own CHAP secret"), "\(shown)")
+            #expect(try await bed.vc(["cluster", "resume", name]).status != 0)
+            #expect(try await bed.vc(["cluster", "destroy", name]).status == 0)
+            #expect(try await bed.leftovers(of: name, vms: 1, bridge: closed.network.bridge) == [])
         }
     }
 }

@@ -47,29 +47,91 @@ import VCModel
     }
 
     @Test(.timeLimit(.minutes(10)))
-    func chapProtectsEveryDiskAndTheVMStillBoots() async throws {
-        try await Testbed.with(chap: true) { bed in
+    func everyDiskWantsItsOwnCHAPSecretAndTheVMsStillBoot() async throws {
+        try await Testbed.with { bed in
             try await bed.importTiny()
             let name = "chap-\(bed.id)"
-            let r = try await bed.vc(["cluster", "create", name, "--image", "tiny", "--vms", "1", "--memory", "128M"])
+            let r = try await bed.vc(["cluster", "create", name, "--image", "tiny", "--vms", "2", "--memory", "128M"])
             #expect(r.status == 0, "\(r)")
-            // QEMU logged in with the secret: the guest boots from its disk.
-            _ = try await bed.waitForConsoles(["\(name)-1"], marker: Build.bootMarker)
-            let iqn = Naming.diskIQN(vm: "\(name)-1")
-            let url = "iscsi://127.0.0.1:\(bed.iscsiPort)/\(iqn)/1"
-            // The right initiator name without the password is refused ...
-            let noPassword = try await sh("iscsi-inq", ["-i", bed.initiator, url])
-            #expect(noPassword.status != 0, "\(noPassword)")
-            // ... and with it, admitted.
-            let withPassword = try await sh(
-                "iscsi-inq",
-                [
-                    "-i", bed.initiator,
-                    "iscsi://\(bed.chapUser)%\(bed.chapPassword)@127.0.0.1:\(bed.iscsiPort)/\(iqn)/1",
-                ])
-            #expect(withPassword.status == 0, "\(withPassword)")
+            let vms = ["\(name)-1", "\(name)-2"]
+            // QEMU logged in with each disk's secret: both guests boot from their disks.
+            _ = try await bed.waitForConsoles(vms, marker: Build.bootMarker)
+
+            let secrets = try #require(try await bed.catalogSecrets(name))
+            let passwords = vms.map { secrets.disks[$0] ?? "" }
+            #expect(passwords.allSatisfy { $0.count == ClusterSecrets.passwordLength })
+            #expect(Set(passwords).count == 2, "a secret per VM")
+            // Nowhere else: not in what vc shows, not in the cluster's record.
+            let shown = try await bed.vc(["cluster", "show", name, "--output", "json"])
+            let record = try await sh("etcdctl", ["get", "\(bed.prefix)/clusters/\(name)", "--print-value-only"])
+            for p in passwords {
+                #expect(!shown.stdout.contains(p) && !record.stdout.contains(p))
+                // Never on a command line, which every local user can read.
+                #expect(try Self.commandLines().allSatisfy { !$0.contains(p) }, "a process shows a CHAP secret")
+            }
+            // Root-only where QEMU reads it: a private libvirt secret per VM.
+            let listed = try await sh("virsh", ["-c", "qemu:///system", "secret-list"]).stdout
+            for vm in vms { #expect(listed.contains(Naming.chapSecretUsage(vm: vm)), "\(listed)") }
+
+            for (i, vm) in vms.enumerated() {
+                let iqn = Naming.diskIQN(vm: vm)
+                let user = Naming.chapUser(vm: vm)
+                func inq(_ credentials: String) async throws -> CommandResult {
+                    try await sh(
+                        "iscsi-inq", ["-i", bed.initiator, "iscsi://\(credentials)127.0.0.1:\(bed.iscsiPort)/\(iqn)/1"])
+                }
+                // The node's own initiator name alone, a wrong secret, or the other VM's: refused.
+                #expect(try await inq("").status != 0)
+                #expect(try await inq("\(user)%wrong-\(passwords[i])@").status != 0)
+                #expect(try await inq("\(user)%\(passwords[1 - i])@").status != 0)
+                // Its own: admitted.
+                let ok = try await inq("\(user)%\(passwords[i])@")
+                #expect(ok.status == 0, "\(ok)")
+                // The right secret with another initiator name: the ACL still says no.
+                let foreign = try await sh(
+                    "iscsi-inq",
+                    [
+                        "-i", "iqn.2026-11.dev.peerless:node.other",
+                        "iscsi://\(user)%\(passwords[i])@127.0.0.1:\(bed.iscsiPort)/\(iqn)/1",
+                    ])
+                #expect(foreign.status != 0)
+            }
+
             #expect(try await bed.vc(["cluster", "destroy", name]).status == 0)
-            #expect(try await bed.leftovers(of: name, vms: 1, bridge: nil) == [])
+            #expect(try await bed.leftovers(of: name, vms: 2, bridge: nil) == [])
+            // Destroy removes every copy of the secrets.
+            #expect(try await bed.catalogSecrets(name) == nil)
+            let after = try await sh("virsh", ["-c", "qemu:///system", "secret-list"]).stdout
+            for vm in vms { #expect(!after.contains(Naming.chapSecretUsage(vm: vm)), "\(after)") }
+            let accounts = try await bed.tgtadm(["--op", "show", "--mode", "account"]).stdout
+            #expect(!accounts.contains(name), "\(accounts)")
+        }
+    }
+
+    /// A create whose secret cannot be stored in libvirt is undone like any failed step.
+    @Test(.timeLimit(.minutes(5)))
+    func aSecretThatCannotBeStoredRollsTheCreateBack() async throws {
+        try await Testbed.with(hooks: "testing:\n  failStep: secret chapfail-2") { bed in
+            try await bed.importTiny()
+            let r = try await bed.vc([
+                "cluster", "create", "chapfail", "--image", "tiny", "--vms", "2", "--memory", "128M",
+            ])
+            #expect(r.status == 1, "\(r)")
+            #expect(r.stderr.contains("injected failure of step 'secret chapfail-2'"), "\(r)")
+            #expect(r.stderr.contains("(rolled back)"), "\(r)")
+            #expect(try await bed.leftovers(of: "chapfail", vms: 2, bridge: nil) == [])
+            #expect(try await bed.catalogSecrets("chapfail") == nil)
+            let listed = try await sh("virsh", ["-c", "qemu:///system", "secret-list"]).stdout
+            #expect(!listed.contains("peerless-disk-chapfail-"), "\(listed)")
+            #expect(try await bed.tgtadm(["--op", "show", "--mode", "account"]).stdout.contains("chapfail") == false)
+        }
+    }
+
+    /// Every process's command line, as any local user can read them.
+    static func commandLines() throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: "/proc").filter { Int($0) != nil }.compactMap {
+            guard let data = FileManager.default.contents(atPath: "/proc/\($0)/cmdline") else { return nil }
+            return String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
         }
     }
 

@@ -126,10 +126,6 @@ final class Testbed {
     private(set) var vcd: ChildProcess?
     private var tgtdRunning = false
     var poolFilesystem = "btrfs"
-    /// CHAP on every disk, with these credentials.
-    var chap = false
-    let chapUser = "peerless-test"
-    let chapPassword = "s3cret-\(UUID().uuidString.prefix(8))"
 
     var poolPath: String { "\(root)/pool" }
     var statePath: String { "\(root)/state" }
@@ -153,12 +149,11 @@ final class Testbed {
 
     /// Runs `body` with a started testbed and always tears it down.
     static func with(
-        hooks: String = "", accelerator: String = "tcg", poolFilesystem: String = "btrfs", chap: Bool = false,
+        hooks: String = "", accelerator: String = "tcg", poolFilesystem: String = "btrfs",
         _ body: (Testbed) async throws -> Void
     ) async throws {
         let bed = Testbed()
         bed.poolFilesystem = poolFilesystem
-        bed.chap = chap
         do {
             try await bed.start(hooks: hooks, accelerator: accelerator)
             try await body(bed)
@@ -195,7 +190,6 @@ final class Testbed {
         iscsi:
           portal: 127.0.0.1:\(iscsiPort)
           tgtControlPort: \(tgtControlPort)
-        \(chap ? "  chapUser: \(chapUser)\n  chapPassword: \(chapPassword)" : "")
         accelerator:
           mode: \(accelerator)
           probeKernel: \(Build.tinyKernel)
@@ -331,6 +325,13 @@ final class Testbed {
             in: .whitespacesAndNewlines)
     }
 
+    /// nftables' tables as "FAMILY NAME".
+    func nftTables() async throws -> [String] {
+        try await sh("nft", ["list", "tables"]).stdout.split(separator: "\n").map {
+            $0.replacingOccurrences(of: "table ", with: "")
+        }
+    }
+
     func bridgeExists(_ name: String) async throws -> Bool {
         try await sh("ip", ["link", "show", "dev", name]).status == 0
     }
@@ -351,13 +352,22 @@ final class Testbed {
             }
         }
         if let bridge, try await bridgeExists(bridge) { found.append("bridge \(bridge)") }
+        if let bridge {
+            found += try await nftTables().filter { $0.hasSuffix(" peerless_\(bridge)") }.map { "nft table \($0)" }
+        }
         if let bridge, FileManager.default.fileExists(atPath: "\(statePath)/net/\(bridge).pid") {
             found.append("dnsmasq of \(bridge)")
         }
-        found += try await etcdKeys().filter { $0.contains("/clusters/\(cluster)") || $0.contains("/ops/\(cluster)") }
-            .map {
-                "key \($0)"
-            }
+        let secrets = try await sh("virsh", ["-c", "qemu:///system", "secret-list"]).stdout
+        found += names.filter { secrets.contains(Naming.chapSecretUsage(vm: $0)) }.map { "libvirt secret of \($0)" }
+        let accounts = try await tgtadm(["--op", "show", "--mode", "account"]).stdout
+        found += names.filter { accounts.contains(Naming.chapUser(vm: $0)) }.map { "CHAP account of \($0)" }
+        found += try await etcdKeys().filter {
+            $0.contains("/clusters/\(cluster)") || $0.contains("/ops/\(cluster)") || $0.hasSuffix("/secrets/\(cluster)")
+        }
+        .map {
+            "key \($0)"
+        }
         if FileManager.default.fileExists(atPath: "\(statePath)/consoles/\(cluster)") {
             found.append("consoles of \(cluster)")
         }
@@ -394,9 +404,15 @@ final class Testbed {
             let bridge = String(file.dropLast(4))
             _ = try? await sh("ip", ["link", "del", "dev", bridge])
         }
-        // vcd keeps its CHAP secret in libvirt across restarts; the test removes it.
+        // Tenant boundaries of this testbed's networks (their names carry its bridge prefix).
+        for table in (try? await nftTables()) ?? [] where table.contains(" peerless_\(bridgePrefix)") {
+            _ = try? await sh("nft", ["delete", "table"] + table.split(separator: " ").map(String.init))
+        }
+        // The disks' CHAP secrets a crashed test left in libvirt: their usage names carry the
+        // VM's name, and every cluster name of a test carries the testbed's id.
         let secrets = (try? await sh("virsh", ["-c", "qemu:///system", "secret-list"]).stdout) ?? ""
-        for line in secrets.split(whereSeparator: \.isNewline) where line.hasSuffix("peerless-chap-\(node)") {
+        for line in secrets.split(whereSeparator: \.isNewline)
+        where line.contains("peerless-disk-") && line.contains(id) {
             if let uuid = line.split(separator: " ").first {
                 _ = try? await sh("virsh", ["-c", "qemu:///system", "secret-undefine", String(uuid)])
             }
@@ -436,6 +452,15 @@ extension Testbed {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
         return try decoder.decode(Envelope.self, from: Data(text.utf8)).value
+    }
+
+    /// The CHAP passwords of a cluster's disks, straight from etcd.
+    func catalogSecrets(_ name: String) async throws -> ClusterSecrets? {
+        let r = try await sh("etcdctl", ["get", "\(prefix)/secrets/\(name)", "--print-value-only"])
+        let text = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !text.isEmpty else { return nil }
+        struct Envelope: Decodable { var value: ClusterSecrets }
+        return try JSONDecoder().decode(Envelope.self, from: Data(text.utf8)).value
     }
 
     /// Runs vcd in the foreground with this testbed's configuration rewritten by `edit`,

@@ -104,7 +104,7 @@ import Testing
         #expect(plan.shared == [.firewall, .bridge, .dhcp])
         #expect(
             plan.machines[1] == [
-                .snapshot(vm: "a-2"), .export(vm: "a-2"), .verify(vm: "a-2"), .define(vm: "a-2"),
+                .snapshot(vm: "a-2"), .export(vm: "a-2"), .verify(vm: "a-2"), .secret(vm: "a-2"), .define(vm: "a-2"),
                 .start(vm: "a-2"),
             ])
         // Every VM starts paused; all are released together at the end.
@@ -117,7 +117,7 @@ import Testing
         #expect(plan.shared == [.dhcp, .bridge, .firewall])
         #expect(
             plan.machines[0] == [
-                .start(vm: "a-1"), .define(vm: "a-1"), .export(vm: "a-1"), .snapshot(vm: "a-1"),
+                .start(vm: "a-1"), .define(vm: "a-1"), .secret(vm: "a-1"), .export(vm: "a-1"), .snapshot(vm: "a-1"),
             ])
     }
 
@@ -126,7 +126,7 @@ import Testing
         #expect(ClusterPlan.resume(c).shared == [.firewall, .bridge, .dhcp])
         #expect(
             ClusterPlan.resume(c).machines[0] == [
-                .export(vm: "a-1"), .verify(vm: "a-1"), .start(vm: "a-1"),
+                .export(vm: "a-1"), .verify(vm: "a-1"), .secret(vm: "a-1"), .start(vm: "a-1"),
             ])
         #expect(ClusterPlan.resume(c).final == [.release(vm: "a-1")])
         #expect(ClusterPlan.teardown(c).final.isEmpty)

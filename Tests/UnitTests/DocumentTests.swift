@@ -172,15 +172,15 @@ import Testing
                 api:
                   port: 9000
                 iscsi:
-                  chapUser: u
-                  chapPassword: p
+                  portal: 127.0.0.1:3261
                 testing:
                   failCreateAfterVMs: 2
                 """)
         #expect(c.node == "n7")
         #expect(c.api.port == 9000)
         #expect(c.api.host == "127.0.0.1")
-        #expect(c.iscsi.chapUser == "u")
+        #expect(c.iscsi.portal == "127.0.0.1:3261")
+        #expect(c.iscsi.tgtControlPort == 0)
         #expect(c.testing.failCreateAfterVMs == 2)
     }
 
@@ -194,6 +194,12 @@ import Testing
         var defaults = DaemonConfiguration()
         defaults.node = c.node
         #expect(c == defaults)
+    }
+
+    @Test func aRetiredSettingIsRefusedWithWhatReplacedIt() {
+        #expect {
+            try DaemonConfiguration.load(yaml: "iscsi:\n  chapUser: u\n")
+        } throws: { "\($0)".contains("'iscsi.chapUser' is gone: every VM disk has a CHAP secret of its own") }
     }
 
     @Test func aMisspeltSettingIsRefusedNotIgnored() {
