@@ -32,7 +32,7 @@ size_mib=${PEERLESS_DEBIAN_SIZE_MIB:-2048}
 # port 22). dbus: hostnamectl and networkd's DHCP hostname go through it.
 packages=(
     linux-image-amd64 systemd-sysv udev dbus systemd-resolved openssh-server
-    dmidecode iproute2 iputils-ping procps netbase less
+    dmidecode iproute2 iputils-ping procps netbase less bind9-dnsutils
 )
 
 [ "$(id -u)" = 0 ] || { echo "build.sh: must run as root (debootstrap, mount)" >&2; exit 1; }
