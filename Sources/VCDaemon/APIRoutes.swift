@@ -80,7 +80,11 @@ struct APIRoutes: Sendable {
             return "libvirt \(version), \(node.accelerator.kind.rawValue): \(node.accelerator.reason)"
         }
         async let tgt = probe("tgtd") { () async throws -> String in
-            "\(try await node.exporter.targets().count) target(s) on \(node.configuration.iscsi.portal)"
+            let portal = node.configuration.iscsi.portal
+            if let problem = portalProblem(try await node.exporter.portals(), configured: portal) {
+                throw DaemonError.failed(problem)
+            }
+            return "\(try await node.exporter.targets().count) target(s) on \(portal)"
         }
         // A count that could not be taken is nil, never 0: the daemons table says why.
         let clusters = try? await node.catalog.clusters().count

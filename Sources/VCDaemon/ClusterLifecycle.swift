@@ -349,7 +349,8 @@ public struct ClusterLifecycle: Sendable {
                     "destroy left: \($0); run destroy again"
                 })
             {
-                events.yield(OperationEvent(kind: .failed, error: APIError(code: "failed", message: left)))
+                let code = node.operations.isStopping ? "unavailable" : "failed"
+                events.yield(OperationEvent(kind: .failed, error: APIError(code: code, message: left)))
             } else {
                 node.logger.info("destroyed", metadata: ["cluster": "\(cluster.name)"])
                 events.yield(OperationEvent(kind: .done, message: "cluster \(cluster.name) is destroyed"))

@@ -97,6 +97,9 @@ public enum Daemon {
             let info = try await hypervisor.run { try $0.nodeInfo() }
             let exporter = TargetExporter(controlPort: configuration.iscsi.tgtControlPort, logger: logger)
             _ = try await exporter.targets()
+            if let problem = portalProblem(try await exporter.portals(), configured: configuration.iscsi.portal) {
+                throw DaemonError.unavailable(problem)
+            }
 
             let pool = StoragePool(configuration: configuration.pool, logger: logger)
             let poolStatus = try await pool.prepare()
@@ -128,6 +131,15 @@ public enum Daemon {
             throw DaemonError.from(error)
         }
     }
+}
+
+/// What is wrong with where tgtd listens, or nil: it must listen on the storage address
+/// only, never on every address of the host (guests and the LAN could reach its login).
+func portalProblem(_ portals: [String], configured: String) -> String? {
+    let others = portals.filter { $0 != configured }
+    guard !others.isEmpty else { return nil }
+    return
+        "tgtd listens on \(others.joined(separator: ", ")), not only on the storage address \(configured); restart it with --iscsi portal=\(configured) (scripts/daemons.sh does)"
 }
 
 /// One vcd per state directory: an exclusive flock held for the life of the process, so a

@@ -60,10 +60,17 @@ public struct ImageLibrary: Sendable {
             throw DaemonError.from(error)
         }
         let (stream, events) = AsyncStream<OperationEvent>.makeStream()
-        Task {
+        // Tracked like cluster operations, so a graceful stop waits for the copy instead of
+        // shutting the iSCSI threads down under it.
+        let started = node.operations.start {
             await run(image, source: request.path, facts: facts, events: events)
             events.finish()
             await node.locks.unlock(Self.lockName(image.name))
+        }
+        guard started else {
+            await discard(image)
+            await node.locks.unlock(Self.lockName(image.name))
+            throw .unavailable(ClusterLifecycle.stoppingMessage)
         }
         return stream
     }
@@ -140,8 +147,7 @@ public struct ImageLibrary: Sendable {
         _ source: String, iqn: String, chap: CHAPCredentials, total: UInt64,
         events: AsyncStream<OperationEvent>.Continuation
     ) async throws {
-        let secretFile =
-            "\(node.configuration.stateDirectory)/import-\(iqn.split(separator: ":").last ?? "image").secret"
+        let secretFile = importSecretFile(iqn)
         try HostFiles.write(secretFile, chap.password, mode: 0o600)
         defer { unlink(secretFile) }
         let target =
@@ -156,9 +162,16 @@ public struct ImageLibrary: Sendable {
         events.yield(OperationEvent(kind: .progress, completed: total, total: total))
     }
 
+    /// Where qemu-img reads an import's one-time CHAP password (root only; removed after the
+    /// import, and by `discard` when a crash skipped that).
+    private func importSecretFile(_ iqn: String) -> String {
+        "\(node.configuration.stateDirectory)/import-\(iqn.split(separator: ":").last ?? "image").secret"
+    }
+
     /// Removes an image's file, temporary target and catalog key. Idempotent. The key goes
     /// last and only when the file is gone, so that a file is never left without its record.
     func discard(_ image: GoldenImage) async {
+        unlink(importSecretFile(Naming.importIQN(image: image.name)))
         try? await node.exporter.unexport(
             iqn: Naming.importIQN(image: image.name), account: Naming.chapUser(importing: image.name))
         let file = image.file

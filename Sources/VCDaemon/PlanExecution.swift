@@ -22,10 +22,16 @@ struct PlanExecution: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for chain in plan.machines {
                 group.addTask {
-                    for step in chain {
-                        try Task.checkCancellation()
-                        try await timed(step)
-                        events.yield(.step(step.description, completed: await counter.next(), total: total))
+                    do {
+                        for step in chain {
+                            try Task.checkCancellation()
+                            try await timed(step)
+                            events.yield(.step(step.description, completed: await counter.next(), total: total))
+                        }
+                    } catch is OperationStopped {
+                        // vcd is stopping: this chain ends at its step boundary, and the
+                        // others must reach theirs too rather than be cancelled mid-step.
+                        return
                     }
                     try machineCompleted(await counter.machineDone())
                 }
@@ -34,6 +40,7 @@ struct PlanExecution: Sendable {
             // before their next step); rollback then undoes them all.
             for try await _ in group {}
         }
+        try runner.node.operations.checkStopping()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for step in plan.final {
                 group.addTask {
@@ -73,6 +80,12 @@ struct PlanExecution: Sendable {
             for await failed in group { problems += failed }
         }
         for step in plan.shared {
+            if case .firewall = step, !problems.isEmpty {
+                // Something of the network or its VMs may still be up: it keeps its boundary
+                // until a later teardown gets the rest.
+                problems.append("kept the tenant boundary (nftables) until the rest is undone")
+                continue
+            }
             do {
                 try await runner.undo(step)
                 events.yield(.step("undo \(step)"))

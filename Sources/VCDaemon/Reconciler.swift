@@ -99,14 +99,14 @@ public struct Reconciler: Service, CustomStringConvertible {
         let names: [String]
         do {
             names = try await node.catalog.clusters().map(\.value)
-                .filter { $0.state == .running && $0.vms.contains { $0.node == node.name } }.map(\.name)
+                .filter { Self.settled.contains($0.state) && $0.vms.contains { $0.node == node.name } }.map(\.name)
         } catch {
             if !Task.isCancelled {
                 node.logger.warning("reconcile skipped", metadata: ["error": "\(DaemonError.from(error))"])
             }
             return
         }
-        // One listing of nftables' tables for the whole pass.
+        // One listing of nftables' tables serves the whole pass.
         let tables: Set<String>?
         do {
             tables = try await ClusterFirewall.loadedTables()
@@ -119,10 +119,15 @@ public struct Reconciler: Service, CustomStringConvertible {
             do {
                 if try await node.catalog.operation(name) == nil,
                     let cluster = try await node.catalog.cluster(name),
-                    cluster.value.state == .running
+                    Self.settled.contains(cluster.value.state)
                 {
+                    // Whatever its state, a network whose guests may still be up (a
+                    // failed teardown, a suspended cluster's bridge) keeps its boundary.
+                    try await ensureBoundary(cluster.value, tables: tables)
                     if let secrets = try await node.catalog.secrets(name) {
-                        try await reconcile(cluster.value, secrets: secrets, tables: tables)
+                        if cluster.value.state == .running {
+                            try await reconcile(cluster.value, secrets: secrets, tables: tables)
+                        }
                     } else {
                         try await close(cluster)
                     }
@@ -138,12 +143,6 @@ public struct Reconciler: Service, CustomStringConvertible {
     /// Re-makes what a running cluster's VMs on this node need, and starts those that stopped.
     private func reconcile(_ cluster: VirtualCluster, secrets: ClusterSecrets, tables: Set<String>?) async throws {
         let runner = StepRunner(node: node, cluster: cluster, image: nil, secrets: secrets)
-        // The boundary first: a network must never be up without it. Unknown (nft failed
-        // to list) counts as missing.
-        if !(tables.map { ClusterFirewall.isLoaded(bridge: cluster.network.bridge, tables: $0) } ?? false) {
-            node.logger.notice("loading a tenant boundary nftables lost", metadata: ["cluster": "\(cluster.name)"])
-            try await runner.perform(.firewall)
-        }
         try await runner.perform(.bridge)
         try await runner.perform(.dhcp)
         // One listing of tgtd's targets for the whole cluster; only missing or altered
@@ -174,7 +173,22 @@ public struct Reconciler: Service, CustomStringConvertible {
         }
     }
 
-    /// A running cluster made before every disk had its own CHAP secret: its disks were
+    /// States in which no operation works on a cluster and its network may be up.
+    static let settled: Set<ClusterState> = [.running, .suspended, .failed]
+
+    /// Loads the cluster network's tenant boundary when nftables lost it (a `flush ruleset`
+    /// by another firewall tool) or it is not the one this vcd would make (new services).
+    /// Unknown (nft failed to list) counts as missing.
+    private func ensureBoundary(_ cluster: VirtualCluster, tables: Set<String>?) async throws {
+        let runner = StepRunner(node: node, cluster: cluster, image: nil)
+        guard let tables, runner.firewall.isCurrent(tables: tables) else {
+            node.logger.notice("loading a tenant boundary", metadata: ["cluster": "\(cluster.name)"])
+            try await runner.perform(.firewall)
+            return
+        }
+    }
+
+    /// A cluster made before every disk had its own CHAP secret: its disks were
     /// open to anyone with the node's initiator name. Never left so: its targets are
     /// removed and the cluster is marked failed with what to do.
     private func close(_ cluster: Versioned<VirtualCluster>) async throws {
@@ -184,6 +198,7 @@ public struct Reconciler: Service, CustomStringConvertible {
         for vm in cluster.value.vms where vm.node == node.name {
             try await node.exporter.unexport(iqn: vm.diskIQN, account: nil)
         }
+        guard cluster.value.state != .failed || cluster.value.message != message else { return }
         var failed = cluster
         failed.value.state = .failed
         failed.value.message = message

@@ -32,7 +32,7 @@ struct StepRunner: Sendable {
 
     private var bridge: ClusterBridge { ClusterBridge(network: cluster.network, logger: logger) }
 
-    private var firewall: ClusterFirewall {
+    var firewall: ClusterFirewall {
         ClusterFirewall(
             boundary: GuestBoundary(network: cluster.network, vms: cluster.vms), runDirectory: node.networkDirectory,
             logger: logger)

@@ -1,4 +1,4 @@
-// VCHost: runs host programs (tgtadm, ip, dnsmasq, qemu-img, mkfs, mount) through
+// VCHost: runs host programs (ip, nft, dnsmasq, qemu-img, mkfs, mount) through
 // swift-subprocess: no shell, arguments as an array, bounded output, a deadline.
 // It knows nothing about what the programs are for.
 import Foundation

@@ -75,7 +75,9 @@ public struct GuestBoundary: Sendable, Equatable {
         lines.append("    iifname != \"\(bridge)\" accept")
         lines.append("    ct state established,related accept")
         for s in services {
-            let to = s.broadcast ? "" : "ip daddr \(network.gateway) "
+            // Only to the network's own address (or the broadcast a DHCP client starts
+            // with): another listener on the same port elsewhere on the host stays closed.
+            let to = s.broadcast ? "ip daddr { 255.255.255.255, \(network.gateway) } " : "ip daddr \(network.gateway) "
             lines.append("    \(to)\(s.transport.rawValue) dport \(s.port) accept comment \"\(s.name)\"")
         }
         lines.append("    drop")
@@ -90,8 +92,11 @@ public struct GuestBoundary: Sendable, Equatable {
         lines.append("  chain prerouting {")
         lines.append("    type filter hook prerouting priority filter - 10; policy accept;")
         for vm in vms {
-            lines.append("    iifname \"\(Naming.tap(bridge: bridge, index: vm.index))\" jump vm\(vm.index)")
+            lines.append("    iifname \"\(Naming.tap(bridge: bridge, index: vm.index))\" goto vm\(vm.index)")
         }
+        // A port in this network's tap name space that no VM of the record owns sends
+        // nothing (the bridge family cannot match the bridge itself on this kernel).
+        lines.append("    iifname \"\(bridge)v*\" drop")
         lines.append("  }")
         for vm in vms {
             lines.append("  chain vm\(vm.index) {")
@@ -102,6 +107,7 @@ public struct GuestBoundary: Sendable, Equatable {
             lines.append("    ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept")
             lines.append("    ip saddr != \(vm.ip) drop")
             lines.append("    udp sport 67 drop")
+            lines.append("    accept")
             lines.append("  }")
         }
         lines.append("}")

@@ -33,7 +33,8 @@ public struct ClusterFirewall: Sendable {
         try await nft("load", ["-f", rulesFile])
     }
 
-    /// Removes both tables and the rules file. Idempotent.
+    /// Removes both tables and the rules file. Idempotent: a teardown replayed by recovery
+    /// finds nothing and succeeds.
     public func remove() async throws(NetworkError) {
         let file = "\(runDirectory)/\(boundary.network.bridge).delete.nft"
         do {
@@ -45,6 +46,14 @@ public struct ClusterFirewall: Sendable {
         defer { unlink(file) }
         try await nft("remove", ["-f", file])
         unlink(rulesFile)
+    }
+
+    /// Whether both tables are loaded (given `loadedTables()`) and were loaded from the
+    /// ruleset this boundary renders now: a rules file that differs means an older vcd, or
+    /// other services, made them.
+    public func isCurrent(tables: Set<String>) -> Bool {
+        Self.isLoaded(bridge: boundary.network.bridge, tables: tables)
+            && (try? HostFiles.read(rulesFile)) == boundary.ruleset
     }
 
     /// Whether both of this network's tables are loaded, given `nft list tables` output.

@@ -86,12 +86,16 @@ struct Provision: AsyncParsableCommand {
         for i in 0..<runs {
             let file = "disks/bench/bench-\(i).raw"
             let iqn = Naming.diskIQN(vm: "bench-\(i)")
+            // As vcd does it: a fresh CHAP secret per disk, bound before the initiator.
+            var random = SystemRandomNumberGenerator()
+            let chap = CHAPCredentials(
+                user: Naming.chapUser(vm: "bench-\(i)"), password: ClusterSecrets.password(using: &random))
             let t0 = ContinuousClock.now
             try p.clone(image, to: file)
-            _ = try await exporter.export(iqn: iqn, file: p.path(file), initiators: [initiator], chap: nil)
-            _ = try await iscsi.verifyDisk(ISCSITarget(portal: portal, iqn: iqn), expectedBytes: size)
+            _ = try await exporter.export(iqn: iqn, file: p.path(file), initiators: [initiator], chap: chap)
+            _ = try await iscsi.verifyDisk(ISCSITarget(portal: portal, iqn: iqn), expectedBytes: size, chap: chap)
             samples.append(ContinuousClock.now - t0)
-            try await exporter.unexport(iqn: iqn, account: nil)
+            try await exporter.unexport(iqn: iqn, account: chap.user)
             try p.remove(file)
         }
         try await iscsi.shutdown()

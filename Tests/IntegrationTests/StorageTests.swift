@@ -51,7 +51,18 @@ import VCModel
         try await Testbed.with { bed in
             try await bed.importTiny()
             let name = "chap-\(bed.id)"
+            // Every command line seen while the cluster is made, as any local user could.
+            let sampling = Task {
+                var seen = Set<String>()
+                while !Task.isCancelled {
+                    seen.formUnion((try? Self.commandLines()) ?? [])
+                    try? await Task.sleep(for: .milliseconds(10))
+                }
+                return seen
+            }
             let r = try await bed.vc(["cluster", "create", name, "--image", "tiny", "--vms", "2", "--memory", "128M"])
+            sampling.cancel()
+            let commandLines = await sampling.value
             #expect(r.status == 0, "\(r)")
             let vms = ["\(name)-1", "\(name)-2"]
             // QEMU logged in with each disk's secret: both guests boot from their disks.
@@ -67,7 +78,7 @@ import VCModel
             for p in passwords {
                 #expect(!shown.stdout.contains(p) && !record.stdout.contains(p))
                 // Never on a command line, which every local user can read.
-                #expect(try Self.commandLines().allSatisfy { !$0.contains(p) }, "a process shows a CHAP secret")
+                #expect(commandLines.allSatisfy { !$0.contains(p) }, "a process showed a CHAP secret")
             }
             // Root-only where QEMU reads it: a private libvirt secret per VM.
             let listed = try await sh("virsh", ["-c", "qemu:///system", "secret-list"]).stdout
@@ -111,19 +122,21 @@ import VCModel
     /// A create whose secret cannot be stored in libvirt is undone like any failed step.
     @Test(.timeLimit(.minutes(5)))
     func aSecretThatCannotBeStoredRollsTheCreateBack() async throws {
-        try await Testbed.with(hooks: "testing:\n  failStep: secret chapfail-2") { bed in
+        // Named before the testbed exists (the hook names it); unique, so a crashed earlier
+        // run cannot leave a secret of the same name behind.
+        let name = "cf-" + String(UUID().uuidString.lowercased().prefix(6))
+        try await Testbed.with(hooks: "testing:\n  failStep: secret \(name)-2") { bed in
             try await bed.importTiny()
-            let r = try await bed.vc([
-                "cluster", "create", "chapfail", "--image", "tiny", "--vms", "2", "--memory", "128M",
-            ])
+            let r = try await bed.vc(["cluster", "create", name, "--image", "tiny", "--vms", "2", "--memory", "128M"])
             #expect(r.status == 1, "\(r)")
-            #expect(r.stderr.contains("injected failure of step 'secret chapfail-2'"), "\(r)")
+            #expect(r.stderr.contains("injected failure of step 'secret \(name)-2'"), "\(r)")
             #expect(r.stderr.contains("(rolled back)"), "\(r)")
-            #expect(try await bed.leftovers(of: "chapfail", vms: 2, bridge: nil) == [])
-            #expect(try await bed.catalogSecrets("chapfail") == nil)
+            // The first VM's secret was stored: the rollback removed it with the rest.
+            #expect(try await bed.leftovers(of: name, vms: 2, bridge: nil) == [])
+            #expect(try await bed.catalogSecrets(name) == nil)
             let listed = try await sh("virsh", ["-c", "qemu:///system", "secret-list"]).stdout
-            #expect(!listed.contains("peerless-disk-chapfail-"), "\(listed)")
-            #expect(try await bed.tgtadm(["--op", "show", "--mode", "account"]).stdout.contains("chapfail") == false)
+            #expect(!listed.contains("peerless-disk-\(name)-"), "\(listed)")
+            #expect(try await bed.tgtadm(["--op", "show", "--mode", "account"]).stdout.contains(name) == false)
         }
     }
 

@@ -78,7 +78,7 @@ import VCModel
             var targets = hostAddresses.flatMap { a in ports.map { (a, $0) } }
             targets += [(otherVM, 22), (otherVM, canary.port)]
             #expect(try await guest.run("ip route replace default via \(gateway)").status == 0)
-            let open = try await guest.openPorts(targets)
+            let open = try await guest.openPorts(targets, gateway: gateway)
             #expect(open.isEmpty, "a guest reached: \(open)")
             let pings = try await guest.run("ping -c 1 -W 2 \(otherGateway) || ping -c 1 -W 2 \(otherVM)")
             #expect(pings.status != 0, "another cluster answered ping: \(pings)")
@@ -89,14 +89,14 @@ import VCModel
             let table = GuestBoundary.table(bridge: status.cluster.network.bridge)
             bed.stopVCD()
             #expect(try await sh("nft", ["delete", "table", "inet", table]).status == 0)
-            let reached = try await guest.openPorts([(gateway, canary.port)])
+            let reached = try await guest.openPorts([(gateway, canary.port)], gateway: gateway)
             #expect(reached.count == 1, "the canary answers without the boundary")
             try await bed.startVCD()
             _ = try await eventually("the reconciler to re-make the boundary", timeout: .seconds(60)) {
                 let tables = try await bed.nftTables()
                 return (tables.contains("inet \(table)") ? true : nil, "\(tables)")
             }
-            #expect(try await guest.openPorts([(gateway, canary.port)]).isEmpty)
+            #expect(try await guest.openPorts([(gateway, canary.port)], gateway: gateway).isEmpty)
 
             // Spoofing: with another MAC, then with another address, the guest reaches neither
             // the host's DNS nor its peer; with its own it does again.
@@ -141,13 +141,18 @@ struct Guest {
     }
 
     /// The (address, port) pairs a TCP connection from the guest reaches, probed in parallel
-    /// with bash's /dev/tcp (a dropped SYN times out after 3 s).
-    func openPorts(_ targets: [(String, Int)]) async throws -> [String] {
-        let probes = targets.map {
-            "(timeout 3 bash -c 'exec 3<>/dev/tcp/\($0.0)/\($0.1)' 2>/dev/null && echo OPEN \($0.0):\($0.1)) &"
+    /// with bash's /dev/tcp (a dropped SYN times out after 5 s). DNS over TCP on the guest's
+    /// own gateway is probed in the same batch and must answer: a loaded guest too slow to
+    /// connect at all would otherwise look like a boundary that holds.
+    func openPorts(_ targets: [(String, Int)], gateway: String) async throws -> [String] {
+        let control = "\(gateway):53"
+        let probes = ([(gateway, 53)] + targets).map {
+            "(timeout 5 bash -c 'exec 3<>/dev/tcp/\($0.0)/\($0.1)' 2>/dev/null && echo OPEN \($0.0):\($0.1)) &"
         }
         let r = try await run(probes.joined(separator: " ") + " wait")
-        return r.stdout.split(separator: "\n").filter { $0.hasPrefix("OPEN ") }.map { String($0.dropFirst(5)) }
+        let open = r.stdout.split(separator: "\n").filter { $0.hasPrefix("OPEN ") }.map { String($0.dropFirst(5)) }
+        #expect(open.contains(control), "the control probe (DNS on the gateway) did not answer: \(r)")
+        return open.filter { $0 != control }
     }
 
     /// Runs, detached from the SSH session (which the changes cut), a probe of the gateway's

@@ -24,7 +24,9 @@ import Testing
         let r = lines(try boundary().ruleset)
         let input = Array(r.drop { $0 != "chain input {" }.prefix { $0 != "}" })
         #expect(input.contains("iifname != \"vcbr3\" accept"))
-        #expect(input.contains("udp dport 67 accept comment \"dhcp\""))
+        #expect(input.contains("ip daddr { 255.255.255.255, 10.77.3.1 } udp dport 67 accept comment \"dhcp\""))
+        // Replies to what the host opened come before the drop; the drop is last.
+        #expect(input.firstIndex(of: "ct state established,related accept")! < input.count - 1)
         #expect(input.contains("ip daddr 10.77.3.1 udp dport 53 accept comment \"dns\""))
         #expect(input.contains("ip daddr 10.77.3.1 tcp dport 53 accept comment \"dns\""))
         // Whatever is not accepted above is dropped: the last rule of the chain.
@@ -53,7 +55,7 @@ import Testing
         let r = lines(b.ruleset)
         for vm in b.vms {
             let tap = Naming.tap(bridge: "vcbr3", index: vm.index)
-            #expect(r.contains("iifname \"\(tap)\" jump vm\(vm.index)"))
+            #expect(r.contains("iifname \"\(tap)\" goto vm\(vm.index)"))
             let chain = Array(r.drop { $0 != "chain vm\(vm.index) {" }.prefix { $0 != "}" })
             #expect(chain.contains("ether saddr != \(vm.mac) drop"))
             #expect(chain.contains("arp saddr ether != \(vm.mac) drop"))
@@ -62,11 +64,19 @@ import Testing
             // No DHCP server in a guest; nothing but IPv4 and ARP.
             #expect(chain.contains("udp sport 67 drop"))
             #expect(chain.contains("ether type != { ip, arp } drop"))
+            #expect(chain.last == "accept")
             // A DHCP request before the VM has its address is the one 0.0.0.0 packet let through,
             // and it is let through before the address check.
             let dhcp = try #require(chain.firstIndex(of: "ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept"))
             #expect(dhcp < chain.firstIndex(of: "ip saddr != \(vm.ip) drop")!)
         }
+    }
+
+    @Test func aPortOfTheNetworkThatNoVMOwnsSendsNothing() throws {
+        let r = lines(try boundary().ruleset)
+        let prerouting = Array(r.drop { $0 != "chain prerouting {" }.prefix { $0 != "}" })
+        // After every VM's own chain, the rest of the network's tap name space is dropped.
+        #expect(prerouting.last == "iifname \"vcbr3v*\" drop")
     }
 
     @Test func loadingReplacesBothTablesAtomicallyAndRemovalToleratesAbsence() throws {
