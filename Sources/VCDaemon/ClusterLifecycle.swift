@@ -388,11 +388,13 @@ public struct ClusterLifecycle: Sendable {
         events: AsyncStream<OperationEvent>.Continuation
     ) async {
         let started = ContinuousClock.now
-        let execution = PlanExecution(runner: StepRunner(node: node, cluster: cluster, image: nil), events: events)
         var outcome = cluster
         outcome.updatedAt = node.now()
         do {
-            try await execution.perform(plan)
+            // Read once for the whole plan, not by every export, verify and secret step.
+            let secrets = try await catalog.secrets(cluster.name)
+            let runner = StepRunner(node: node, cluster: cluster, image: nil, secrets: secrets)
+            try await PlanExecution(runner: runner, events: events).perform(plan)
             outcome.state = target
         } catch is OperationStopped {
             node.logger.notice(

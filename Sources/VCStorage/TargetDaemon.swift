@@ -182,7 +182,6 @@ extension TargetDaemon {
         /// `UInt64.max`: none.
         public var lun: UInt64 = .max
         public var force = false
-        public var outgoingAccount = false
         /// In the order tgtadm writes them: tgtd finds some by position (an account's
         /// password is whatever follows the first comma after `user=`).
         public var parameters: [Parameter] = []
@@ -251,8 +250,8 @@ extension TargetDaemon {
             header.tid = tid
             header.lun = lun
             header.device_type = UInt32(PEERLESS_TGT_TYPE_DISK)
-            header.ac_dir =
-                outgoingAccount ? PEERLESS_ACCOUNT_TYPE_OUTGOING.rawValue : PEERLESS_ACCOUNT_TYPE_INCOMING.rawValue
+            // Accounts are only ever the initiator's (CHAP one way), never the target's own.
+            header.ac_dir = PEERLESS_ACCOUNT_TYPE_INCOMING.rawValue
             header.force = force ? 1 : 0
             return withUnsafeBytes(of: header) { Array($0) } + text
         }
@@ -309,7 +308,6 @@ extension TargetDaemon {
 
         public init(code: UInt32) { self.code = code }
 
-        public static let unknownError = Refusal(code: PEERLESS_TGTADM_UNKNOWN_ERR.rawValue)
         public static let noTarget = Refusal(code: PEERLESS_TGTADM_NO_TARGET.rawValue)
         public static let noLogicalUnit = Refusal(code: PEERLESS_TGTADM_NO_LUN.rawValue)
         public static let targetExists = Refusal(code: PEERLESS_TGTADM_TARGET_EXIST.rawValue)
@@ -317,7 +315,6 @@ extension TargetDaemon {
         public static let noRule = Refusal(code: PEERLESS_TGTADM_ACL_NOEXIST.rawValue)
         public static let accountExists = Refusal(code: PEERLESS_TGTADM_USER_EXIST.rawValue)
         public static let noAccount = Refusal(code: PEERLESS_TGTADM_NO_USER.rawValue)
-        public static let invalidRequest = Refusal(code: PEERLESS_TGTADM_INVALID_REQUEST.rawValue)
 
         private static let messages: [UInt32: String] = [
             PEERLESS_TGTADM_SUCCESS.rawValue: "success",

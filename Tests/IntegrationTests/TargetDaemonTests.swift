@@ -237,9 +237,13 @@ final class OwnTargetDaemon: Sendable {
         throw TestbedError.startFailed("tgtd did not start on a free port: \(last)")
     }
 
+    /// The size of every disk file `disk(_:)` makes.
+    static let diskBytes: UInt64 = 1 << 20
+
     func disk(_ name: String) throws -> Disk {
         let file = "\(root)/\(name).raw"
-        guard FileManager.default.createFile(atPath: file, contents: nil), truncate(file, 1 << 20) == 0 else {
+        guard FileManager.default.createFile(atPath: file, contents: nil), truncate(file, off_t(Self.diskBytes)) == 0
+        else {
             throw TestbedError.startFailed("cannot make \(file)")
         }
         return Disk(
