@@ -58,6 +58,8 @@ struct StepRunner: Sendable {
             try await firewall.ensure()
         case .bridge:
             try await bridge.ensure()
+        case .overlay:
+            break
         case .dhcp:
             try await dhcp.ensure()
         case .snapshot(let name):
@@ -113,6 +115,8 @@ struct StepRunner: Sendable {
             try await firewall.remove()
         case .bridge:
             try await bridge.remove()
+        case .overlay:
+            break
         case .dhcp:
             await dhcp.remove()
         case .snapshot(let name):

@@ -32,6 +32,31 @@ public struct AddressPlan: Sendable, Equatable {
 
     public func address(subnet: Int, index: Int) -> String { "\(prefix).\(subnet).\(Self.firstHost + index)" }
 
+    /// Host numbers the nodes that host a cluster's VMs take on its network, in the order
+    /// they are handed out: below the VMs (after the gateway), then from the top down.
+    /// VMs use .11 to .(10 + ClusterSpec.vmRange.upperBound).
+    public static let nodeHosts: [Int] = Array(2...9) + Array((firstHost + ClusterSpec.vmRange.upperBound + 1...254).reversed())
+
+    /// Gives every node in `nodes` an address on the network, keeping those it has.
+    public func nodeAddresses(subnet: Int, nodes: Set<String>, keeping current: [String: String]) throws(ModelError)
+        -> [String: String]
+    {
+        var out = current.filter { nodes.contains($0.key) }
+        var free = Self.nodeHosts.map { "\(prefix).\(subnet).\($0)" }.filter { !out.values.contains($0) }
+        for node in nodes.sorted() where out[node] == nil {
+            guard !free.isEmpty else {
+                throw .invalidSize(
+                    what: "nodes of one cluster", value: "\(nodes.count)",
+                    reason: "a cluster network has room for \(Self.nodeHosts.count) hosting nodes")
+            }
+            out[node] = free.removeFirst()
+        }
+        return out
+    }
+
+    /// The VXLAN network identifier of a subnet: fixed by it, so unique while it is.
+    public static func vni(subnet: Int) -> Int { 7700 + subnet }
+
     /// The lowest subnet index not in `used`, or nil when all are taken.
     public static func firstFree(used: Set<Int>) -> Int? { subnets.first { !used.contains($0) } }
 }

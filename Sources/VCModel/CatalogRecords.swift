@@ -43,15 +43,53 @@ public struct ClusterNetwork: Codable, Sendable, Equatable {
     public var gateway: String
     public var prefixLength: Int
     public var domain: String
+    /// The VXLAN segment that joins the bridges of every node hosting one of the VMs.
+    public var vni: Int
+    /// Each hosting node's own address on the network (its dnsmasq listens there). Empty
+    /// on a single node without an underlay: the node then holds the gateway address.
+    public var nodeAddresses: [String: String]
 
-    public init(subnet: Int, bridge: String, cidr: String, gateway: String, prefixLength: Int, domain: String) {
+    public init(
+        subnet: Int, bridge: String, cidr: String, gateway: String, prefixLength: Int, domain: String,
+        vni: Int? = nil, nodeAddresses: [String: String] = [:]
+    ) {
         self.subnet = subnet
         self.bridge = bridge
         self.cidr = cidr
         self.gateway = gateway
         self.prefixLength = prefixLength
         self.domain = domain
+        self.vni = vni ?? AddressPlan.vni(subnet: subnet)
+        self.nodeAddresses = nodeAddresses
     }
+
+    enum CodingKeys: String, CodingKey { case subnet, bridge, cidr, gateway, prefixLength, domain, vni, nodeAddresses }
+
+    /// Records written before several nodes had neither field.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        subnet = try c.decode(Int.self, forKey: .subnet)
+        bridge = try c.decode(String.self, forKey: .bridge)
+        cidr = try c.decode(String.self, forKey: .cidr)
+        gateway = try c.decode(String.self, forKey: .gateway)
+        prefixLength = try c.decode(Int.self, forKey: .prefixLength)
+        domain = try c.decode(String.self, forKey: .domain)
+        vni = try c.decodeIfPresent(Int.self, forKey: .vni) ?? AddressPlan.vni(subnet: subnet)
+        nodeAddresses = try c.decodeIfPresent([String: String].self, forKey: .nodeAddresses) ?? [:]
+    }
+
+    /// The address `node` serves DHCP and DNS on: its own, or the gateway on a single node.
+    public func serviceAddress(of node: String) -> String { nodeAddresses[node] ?? gateway }
+
+    /// Every address guests may ask for DNS, in a stable order.
+    public var nameServers: [String] {
+        nodeAddresses.isEmpty ? [gateway] : nodeAddresses.values.sorted { $0.ipSortKey.lexicographicallyPrecedes($1.ipSortKey) }
+    }
+}
+
+extension String {
+    /// Sorts dotted quads numerically.
+    var ipSortKey: [Int] { split(separator: ".").map { Int($0) ?? 0 } }
 }
 
 public struct VirtualMachine: Codable, Sendable, Equatable {
@@ -59,8 +97,12 @@ public struct VirtualMachine: Codable, Sendable, Equatable {
     public var index: Int
     public var mac: String
     public var ip: String
-    /// The node that runs it; its disk's target is bound to this node's initiator.
+    /// The node that runs it (its placement); its disk's target admits only the initiator
+    /// name of this incarnation, `Naming.initiatorIQN(node:vm:generation:)`.
     public var node: String
+    /// Raised by every new placement, by compare-and-swap of the cluster record, so that
+    /// an incarnation's initiator name is never used, and so never admitted, twice.
+    public var generation: Int
     public var diskIQN: String
     /// Pool-relative path of its private copy-on-write disk.
     public var diskFile: String
@@ -68,18 +110,38 @@ public struct VirtualMachine: Codable, Sendable, Equatable {
     public var saveFile: String
 
     public init(
-        name: String, index: Int, mac: String, ip: String, node: String, diskIQN: String, diskFile: String,
-        saveFile: String
+        name: String, index: Int, mac: String, ip: String, node: String, generation: Int = 1, diskIQN: String,
+        diskFile: String, saveFile: String
     ) {
         self.name = name
         self.index = index
         self.mac = mac
         self.ip = ip
         self.node = node
+        self.generation = generation
         self.diskIQN = diskIQN
         self.diskFile = diskFile
         self.saveFile = saveFile
     }
+
+    enum CodingKeys: String, CodingKey { case name, index, mac, ip, node, generation, diskIQN, diskFile, saveFile }
+
+    /// Records written before placements had generations start at 1.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        index = try c.decode(Int.self, forKey: .index)
+        mac = try c.decode(String.self, forKey: .mac)
+        ip = try c.decode(String.self, forKey: .ip)
+        node = try c.decode(String.self, forKey: .node)
+        generation = try c.decodeIfPresent(Int.self, forKey: .generation) ?? 1
+        diskIQN = try c.decode(String.self, forKey: .diskIQN)
+        diskFile = try c.decode(String.self, forKey: .diskFile)
+        saveFile = try c.decode(String.self, forKey: .saveFile)
+    }
+
+    /// The initiator name this incarnation logs in with.
+    public var initiator: String { Naming.initiatorIQN(node: node, vm: name, generation: generation) }
 }
 
 /// The catalog's record of a virtual cluster: desired state plus what was planned for it.
@@ -154,19 +216,38 @@ public struct Accelerator: Codable, Sendable, Equatable {
     }
 }
 
+/// What a node does for the cluster. Every node runs the same vcd; its roles come from its
+/// configuration (compute, storage) or from the etcd membership (etcd).
+public enum NodeRole: String, Codable, Sendable, CaseIterable, Comparable {
+    case compute, storage, etcd
+    public static func < (a: NodeRole, b: NodeRole) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
+}
+
+/// How the cluster sees a node: alive (its lease holds) and taking VMs, alive but closed
+/// to new VMs, or known but without a lease.
+public enum NodeState: String, Codable, Sendable, CaseIterable { case ready, cordoned, dead }
+
 /// A node's advertisement in the catalog, kept alive by its lease.
 public struct NodeRecord: Codable, Sendable, Equatable {
     public var name: String
     public var initiator: String
+    /// Where the other nodes and `vc` reach its API.
     public var api: String
     public var capacity: NodeCapacity
     public var accelerator: Accelerator
     public var version: String
     public var startedAt: Date
+    public var roles: [NodeRole]
+    /// Its address on the node network (VXLAN tunnels end there); nil on a single node.
+    public var underlay: String?
+    /// The iSCSI portal of a storage node, as compute nodes reach it.
+    public var portal: String?
 
     public init(
         name: String, initiator: String, api: String, capacity: NodeCapacity, accelerator: Accelerator, version: String,
-        startedAt: Date
+        startedAt: Date, roles: [NodeRole] = [.compute, .storage], underlay: String? = nil, portal: String? = nil
     ) {
         self.name = name
         self.initiator = initiator
@@ -175,5 +256,28 @@ public struct NodeRecord: Codable, Sendable, Equatable {
         self.accelerator = accelerator
         self.version = version
         self.startedAt = startedAt
+        self.roles = roles
+        self.underlay = underlay
+        self.portal = portal
     }
+
+    enum CodingKeys: String, CodingKey {
+        case name, initiator, api, capacity, accelerator, version, startedAt, roles, underlay, portal
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        initiator = try c.decode(String.self, forKey: .initiator)
+        api = try c.decode(String.self, forKey: .api)
+        capacity = try c.decode(NodeCapacity.self, forKey: .capacity)
+        accelerator = try c.decode(Accelerator.self, forKey: .accelerator)
+        version = try c.decode(String.self, forKey: .version)
+        startedAt = try c.decode(Date.self, forKey: .startedAt)
+        roles = try c.decodeIfPresent([NodeRole].self, forKey: .roles) ?? [.compute, .storage]
+        underlay = try c.decodeIfPresent(String.self, forKey: .underlay)
+        portal = try c.decodeIfPresent(String.self, forKey: .portal)
+    }
+
+    public func has(_ role: NodeRole) -> Bool { roles.contains(role) }
 }

@@ -6,6 +6,9 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
     case firewall
     /// The cluster's bridge with the gateway address on it.
     case bridge
+    /// The VXLAN link joining this node's bridge to the other hosting nodes' bridges, with
+    /// one head-end replication entry per peer node. Nothing on a single node.
+    case overlay
     /// The dnsmasq serving the cluster's static DHCP table and DNS names.
     case dhcp
     /// The VM's private reflink copy of the golden image.
@@ -31,6 +34,7 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
         switch self {
         case .firewall: return "firewall"
         case .bridge: return "bridge"
+        case .overlay: return "overlay"
         case .dhcp: return "dhcp"
         case .snapshot(let vm): return "snapshot \(vm)"
         case .export(let vm): return "export \(vm)"
@@ -43,6 +47,50 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
         }
     }
 }
+
+extension Step {
+    /// The step a description names: how steps travel to the node that carries them out.
+    public init?(description text: String) {
+        let parts = text.split(separator: " ", maxSplits: 1).map(String.init)
+        switch (parts.first, parts.count > 1 ? parts[1] : nil) {
+        case ("firewall", nil): self = .firewall
+        case ("bridge", nil): self = .bridge
+        case ("overlay", nil): self = .overlay
+        case ("dhcp", nil): self = .dhcp
+        case ("snapshot", let vm?): self = .snapshot(vm: vm)
+        case ("export", let vm?): self = .export(vm: vm)
+        case ("verify", let vm?): self = .verify(vm: vm)
+        case ("secret", let vm?): self = .secret(vm: vm)
+        case ("define", let vm?): self = .define(vm: vm)
+        case ("start", let vm?): self = .start(vm: vm)
+        case ("release", let vm?): self = .release(vm: vm)
+        case ("save", let vm?): self = .save(vm: vm)
+        default: return nil
+        }
+    }
+
+    /// The VM a step is about, or nil for the network steps.
+    public var vm: String? {
+        switch self {
+        case .firewall, .bridge, .overlay, .dhcp: return nil
+        case .snapshot(let vm), .export(let vm), .verify(let vm), .secret(let vm), .define(let vm), .start(let vm),
+            .release(let vm), .save(let vm):
+            return vm
+        }
+    }
+
+    /// Where a step runs: on the storage node (the disk and its target), on the VM's node,
+    /// or on every node that hosts one of the cluster's VMs (its network).
+    public var site: StepSite {
+        switch self {
+        case .snapshot, .export: return .storage
+        case .firewall, .bridge, .overlay, .dhcp: return .everyHost
+        case .verify, .secret, .define, .start, .release, .save: return .vmHost
+        }
+    }
+}
+
+public enum StepSite: Sendable, Equatable { case storage, vmHost, everyHost }
 
 /// The steps of an operation: a shared part done first (network), then one chain per VM,
 /// run in parallel, then the final steps, also in parallel. Undo runs the VM chains
@@ -57,7 +105,7 @@ public struct ClusterPlan: Sendable, Equatable {
     /// Creating a cluster.
     public static func create(_ cluster: VirtualCluster) -> ClusterPlan {
         ClusterPlan(
-            shared: [.firewall, .bridge, .dhcp],
+            shared: [.firewall, .bridge, .overlay, .dhcp],
             machines: cluster.vms.map {
                 [
                     .snapshot(vm: $0.name), .export(vm: $0.name), .verify(vm: $0.name), .secret(vm: $0.name),
@@ -89,7 +137,7 @@ public struct ClusterPlan: Sendable, Equatable {
     /// host restart), each disk is checked, then each VM restored.
     public static func resume(_ cluster: VirtualCluster) -> ClusterPlan {
         ClusterPlan(
-            shared: [.firewall, .bridge, .dhcp],
+            shared: [.firewall, .bridge, .overlay, .dhcp],
             machines: cluster.vms.map {
                 [.export(vm: $0.name), .verify(vm: $0.name), .secret(vm: $0.name), .start(vm: $0.name)]
             },

@@ -7,17 +7,27 @@ public struct ClusterSpec: Codable, Sendable, Equatable {
     public var memoryMiB: Int
     /// Public keys handed to the guests as metadata (SMBIOS OEM strings).
     public var sshKeys: [String]
+    /// How VMs are laid out over the nodes; spread when not given.
+    public var placement: PlacementStrategy?
+    /// Pins every VM to this node.
+    public var node: String?
 
-    public init(name: String, image: String, vms: Int, vcpus: Int = 1, memoryMiB: Int = 256, sshKeys: [String] = []) {
+    public init(
+        name: String, image: String, vms: Int, vcpus: Int = 1, memoryMiB: Int = 256, sshKeys: [String] = [],
+        placement: PlacementStrategy? = nil, node: String? = nil
+    ) {
         self.name = name
         self.image = image
         self.vms = vms
         self.vcpus = vcpus
         self.memoryMiB = memoryMiB
         self.sshKeys = sshKeys
+        self.placement = placement
+        self.node = node
     }
 
-    public static let vmRange = 1...240
+    /// Up to 200, so that a cluster network keeps addresses for its hosting nodes.
+    public static let vmRange = 1...200
     public static let memoryRangeMiB = 64...(1024 * 1024)
     public static let vcpuRange = 1...256
 
@@ -34,6 +44,7 @@ public struct ClusterSpec: Codable, Sendable, Equatable {
         guard Self.memoryRangeMiB.contains(memoryMiB) else {
             throw .outOfRange(what: "memory per VM (MiB)", value: memoryMiB, range: Self.memoryRangeMiB)
         }
+        if let node { try NameRule.checkNode(node) }
         for key in sshKeys where key.contains("\n") || key.isEmpty {
             throw .invalidName(
                 kind: "SSH key", name: String(key.prefix(20)), reason: "a key must be one non-empty line")
@@ -42,6 +53,10 @@ public struct ClusterSpec: Codable, Sendable, Equatable {
 
     public var totalMemoryMiB: Int { vms * memoryMiB }
 }
+
+/// How a cluster's VMs are laid out over the nodes: `spread` puts each on the node with the
+/// most memory left, `pack` fills the fullest node that still fits first.
+public enum PlacementStrategy: String, Codable, Sendable, CaseIterable { case spread, pack }
 
 /// What a node can give to VMs.
 public struct NodeCapacity: Codable, Sendable, Equatable {

@@ -18,8 +18,20 @@ public enum Naming {
     /// The iSCSI target used while an image is being written into the pool.
     public static func importIQN(image: String) -> String { "\(iqnPrefix):import.\(image)" }
 
-    /// The initiator name a node logs in with; targets are bound to it.
+    /// The initiator name a node logs in with when it is not a VM (image imports, checks).
     public static func initiatorIQN(node: String) -> String { "\(iqnPrefix):node.\(node)" }
+
+    /// The initiator name of one incarnation of a VM: its node and placement generation are
+    /// part of it, so a name is never used twice. libiscsi re-sends unacknowledged writes
+    /// when a lost session gets back in, so a name that was once cut off must never be
+    /// admitted again; a fresh name per incarnation makes that hold by construction.
+    public static func initiatorIQN(node: String, vm: String, generation: Int) -> String {
+        "\(iqnPrefix):node.\(node).vm.\(vm).g\(generation)"
+    }
+
+    /// The VXLAN link that joins a cluster bridge to the same bridge on the other nodes.
+    /// Outside the bridge's tap name space (`BRIDGEv…`), within Linux's 15 bytes.
+    public static func overlay(bridge: String) -> String { "\(bridge)x" }
 
     /// Linux limits interface names to 15 bytes, so bridges are named by subnet index
     /// under a short prefix (`vcbr` unless configured).
