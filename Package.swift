@@ -65,7 +65,7 @@ let package = Package(
         .target(
             name: "VCDaemon",
             dependencies: [
-                "VCModel", "VCCatalog", "VCStorage", "VCNetwork", "VCHost", "Libvirt", "Systemd",
+                "VCModel", "VCCatalog", "VCStorage", "VCNetwork", "VCHost", "Libvirt", "Systemd", "VCClient",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

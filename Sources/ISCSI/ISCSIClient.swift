@@ -28,10 +28,10 @@ public final class ISCSIClient: Sendable {
     /// The checks a disk must pass before a VM may boot from it: it answers TEST UNIT
     /// READY, INQUIRY says it is a connected direct-access device, and READ CAPACITY gives
     /// the size we exported.
-    public func verifyDisk(_ target: ISCSITarget, expectedBytes: UInt64, chap: CHAPCredentials? = nil) async throws
-        -> Capacity
-    {
-        try await withSession(target, chap: chap) { session in
+    public func verifyDisk(
+        _ target: ISCSITarget, expectedBytes: UInt64, chap: CHAPCredentials? = nil, initiator: String? = nil
+    ) async throws -> Capacity {
+        try await withSession(target, chap: chap, initiator: initiator) { session in
             try session.testUnitReady()
             let inquiry = try session.inquiry()
             guard inquiry.qualifier == 0, inquiry.deviceType == 0 else {

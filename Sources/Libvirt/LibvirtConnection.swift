@@ -105,11 +105,23 @@ public final class LibvirtConnection: @unchecked Sendable {
 
     /// Restores a domain from a memory image written by `Domain.save(to:)`: running, or
     /// paused until `Domain.resume()`.
-    public func restore(from path: String, paused: Bool = false) throws(LibvirtError) {
+    /// `xml` replaces the host-side parts of the saved definition (another node's portal
+    /// or initiator name); libvirt's ABI check refuses anything the guest would notice.
+    public func restore(from path: String, xml: String? = nil, paused: Bool = false) throws(LibvirtError) {
         let flags = paused ? VIR_DOMAIN_SAVE_PAUSED.rawValue : VIR_DOMAIN_SAVE_RUNNING.rawValue
-        guard virDomainRestoreFlags(handle, path, nil, UInt32(flags)) == 0 else {
+        guard virDomainRestoreFlags(handle, path, xml, UInt32(flags)) == 0 else {
             throw LibvirtError.last("virDomainRestoreFlags(\(path))")
         }
+    }
+
+    /// The domain definition inside a memory image.
+    public func saveImageXML(_ path: String) throws(LibvirtError) -> String {
+        guard let c = virDomainSaveImageGetXMLDesc(handle, path, UInt32(VIR_DOMAIN_SAVE_IMAGE_XML_SECURE.rawValue))
+        else {
+            throw LibvirtError.last("virDomainSaveImageGetXMLDesc(\(path))")
+        }
+        defer { free(c) }
+        return String(cString: c)
     }
 
     /// Whether `path` is a complete memory image libvirt can restore.

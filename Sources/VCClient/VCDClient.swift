@@ -106,6 +106,69 @@ public struct VCDClient: Sendable {
         try decode(try await send(.DELETE, path, body: nil).1)
     }
 
+    /// A request with a JSON body and a JSON answer (calls between nodes).
+    public func post<T: Decodable>(_ path: String, body: some Encodable, as: T.Type = T.self, timeout: Duration)
+        async throws(ClientError) -> T
+    {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        guard let data = try? encoder.encode(body) else { throw .protocolError("request could not be encoded") }
+        return try decode(try await send(.POST, path, body: Array(data), timeout: timeout).1)
+    }
+
+    /// Sends a file's bytes as a PUT body, read in chunks (memory images of suspended VMs).
+    public func upload(_ path: String, from file: String, timeout: Duration) async throws(ClientError) {
+        guard let handle = FileHandle(forReadingAtPath: file) else {
+            throw .protocolError("cannot open \(file) to send it")
+        }
+        defer { try? handle.close() }
+        let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil
+        var request = HTTPClientRequest(url: base + path)
+        request.method = .PUT
+        authorize(&request)
+        let chunks = AsyncStream<ByteBuffer> { continuation in
+            while let data = try? handle.read(upToCount: 1 << 20), !data.isEmpty {
+                continuation.yield(ByteBuffer(bytes: data))
+            }
+            continuation.finish()
+        }
+        request.body = .stream(chunks, length: size.map { .known(Int64($0)) } ?? .unknown)
+        let response: HTTPClientResponse
+        let bytes: [UInt8]
+        do {
+            response = try await http.execute(request, timeout: .init(timeout))
+            bytes = Array(try await response.body.collect(upTo: 1 << 20).readableBytesView)
+        } catch {
+            throw .unreachable(endpoint: endpoint, reason: Self.reason(error))
+        }
+        guard response.status == .ok else { throw apiError(status: Int(response.status.code), bytes) }
+    }
+
+    /// Writes a GET's body to `file` as it arrives; false when the other side has no such file.
+    public func download(_ path: String, to file: String, timeout: Duration) async throws(ClientError) -> Bool {
+        var request = HTTPClientRequest(url: base + path)
+        authorize(&request)
+        do {
+            let response = try await http.execute(request, timeout: .init(timeout))
+            if response.status == .notFound { return false }
+            guard response.status == .ok else {
+                let bytes = Array(try await response.body.collect(upTo: 1 << 20).readableBytesView)
+                throw apiError(status: Int(response.status.code), bytes)
+            }
+            FileManager.default.createFile(atPath: file, contents: nil, attributes: [.posixPermissions: 0o600])
+            guard let handle = FileHandle(forWritingAtPath: file) else {
+                throw ClientError.protocolError("cannot write \(file)")
+            }
+            defer { try? handle.close() }
+            for try await chunk in response.body { try handle.write(contentsOf: Data(chunk.readableBytesView)) }
+            return true
+        } catch let e as ClientError {
+            throw e
+        } catch {
+            throw .unreachable(endpoint: endpoint, reason: Self.reason(error))
+        }
+    }
+
     /// Raw bytes and one response header (console reads).
     public func raw(_ path: String, header: String) async throws(ClientError) -> (bytes: [UInt8], header: String?) {
         let (response, bytes) = try await send(.GET, path, body: nil)
@@ -172,17 +235,20 @@ public struct VCDClient: Sendable {
         return final
     }
 
-    private func send(_ method: HTTPMethod, _ path: String, body: [UInt8]?) async throws(ClientError) -> (
-        HTTPClientResponse, [UInt8]
-    ) {
+    private func send(_ method: HTTPMethod, _ path: String, body: [UInt8]?, timeout: Duration = .seconds(120))
+        async throws(ClientError) -> (HTTPClientResponse, [UInt8])
+    {
         var request = HTTPClientRequest(url: base + path)
         request.method = method
         authorize(&request)
-        if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: body))
+        }
         let response: HTTPClientResponse
         let bytes: [UInt8]
         do {
-            response = try await http.execute(request, timeout: .seconds(120))
+            response = try await http.execute(request, timeout: .init(timeout))
             bytes = Array(try await response.body.collect(upTo: 64 << 20).readableBytesView)
         } catch {
             throw .unreachable(endpoint: endpoint, reason: Self.reason(error))

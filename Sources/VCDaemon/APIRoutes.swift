@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import Libvirt
 import NIOCore
+import VCHost
 import VCModel
 import VCStorage
 
@@ -66,7 +67,102 @@ struct APIRoutes: Sendable {
                 return Self.failure(DaemonError.from(error))
             }
         }
+        if token != nil { internalRoutes(router) }
         return router
+    }
+
+    /// What the nodes ask of each other: carry out a plan step, report domain states, keep
+    /// and hand back memory images (storage node). Only on the TCP listener, behind the
+    /// token every node of the cluster shares.
+    private func internalRoutes(_ router: Router<BasicRequestContext>) {
+        let v = "/\(API.version)/internal"
+        router.post("\(v)/steps") { request, context in
+            try await respond { () async throws -> Done in
+                let body = try await decode(RemoteStep.self, request, context)
+                guard let step = Step(description: body.step) else {
+                    throw DaemonError.invalid("unknown step '\(body.step)'")
+                }
+                let runner = StepRunner(node: node, cluster: body.cluster, image: body.image)
+                try await body.undo ? runner.undoHere(step) : runner.performHere(step)
+                return Done()
+            }
+        }
+        router.post("\(v)/domains") { request, context in
+            try await respond { () async throws -> [String: String] in
+                let body = try await decode(DomainStatesRequest.self, request, context)
+                return try await localDomainStates(body.names)
+            }
+        }
+        router.get("\(v)/saves/:cluster/:vm") { _, context in
+            do {
+                let path = try savePath(context)
+                guard let handle = FileHandle(forReadingAtPath: path) else { return Response(status: .notFound) }
+                return Response(
+                    status: .ok,
+                    body: ResponseBody { writer in
+                        defer { try? handle.close() }
+                        while let data = try handle.read(upToCount: 1 << 20), !data.isEmpty {
+                            try await writer.write(ByteBuffer(bytes: data))
+                        }
+                        try await writer.finish(nil)
+                    })
+            } catch {
+                return Self.failure(DaemonError.from(error))
+            }
+        }
+        router.put("\(v)/saves/:cluster/:vm") { request, context in
+            try await respond { () async throws -> Done in
+                let path = try savePath(context)
+                try HostFiles.makeDirectories(HostFiles.parent(path))
+                let partial = path + ".partial"
+                FileManager.default.createFile(atPath: partial, contents: nil, attributes: [.posixPermissions: 0o600])
+                guard let handle = FileHandle(forWritingAtPath: partial) else {
+                    throw DaemonError.failed("cannot write \(partial)")
+                }
+                do {
+                    for try await chunk in request.body { try handle.write(contentsOf: Data(chunk.readableBytesView)) }
+                    try handle.synchronize()
+                    try handle.close()
+                } catch {
+                    try? handle.close()
+                    unlink(partial)
+                    throw DaemonError.failed("the memory image did not arrive whole: \(error)")
+                }
+                guard rename(partial, path) == 0 else {
+                    throw DaemonError.failed("cannot keep \(path): \(HostFiles.lastError())")
+                }
+                return Done()
+            }
+        }
+        router.delete("\(v)/saves/:cluster/:vm") { _, context in
+            try await respond { () async throws -> Done in
+                let path = try savePath(context)
+                for p in [path, path + ".partial"] { unlink(p) }
+                rmdir(HostFiles.parent(path))
+                return Done()
+            }
+        }
+    }
+
+    /// The pool path of a memory image, from names checked like any cluster's.
+    private func savePath(_ context: BasicRequestContext) throws -> String {
+        guard node.has(.storage) else { throw DaemonError.invalid("node \(node.name) has no storage role") }
+        let cluster = try context.parameters.require("cluster")
+        let vm = try context.parameters.require("vm")
+        try NameRule.checkCluster(cluster)
+        try NameRule.check(vm, kind: "VM", maxLength: NameRule.maxClusterName + 4)
+        return node.pool.path("saves/\(cluster)/\(vm).save")
+    }
+
+    /// The libvirt state of each named domain on this node ("missing" when undefined).
+    func localDomainStates(_ names: [String]) async throws -> [String: String] {
+        try await node.hypervisor.run { conn in
+            var out: [String: String] = [:]
+            for name in names {
+                out[name] = try conn.domain(named: name).map { try $0.state().rawValue } ?? "missing"
+            }
+            return out
+        }
     }
 
     func nodeStatus() async throws -> NodeStatus {
@@ -100,13 +196,7 @@ struct APIRoutes: Sendable {
             clusters: clusters, runningVMs: running, committedMemoryMiB: try? await node.committedMemoryMiB())
     }
 
-    func record() -> NodeRecord {
-        NodeRecord(
-            name: node.name, initiator: node.initiator,
-            api: "http://\(node.configuration.api.host):\(node.configuration.api.port)",
-            capacity: node.capacity, accelerator: node.accelerator, version: Version.current, startedAt: Version.started
-        )
-    }
+    func record() -> NodeRecord { node.record }
 
     private func probe(_ name: String, _ check: @Sendable () async throws -> String) async -> DaemonHealth {
         do {

@@ -18,14 +18,14 @@ public enum Daemon {
     public static func run(configuration: DaemonConfiguration, logger: Logger) async throws {
         let lock = try InstanceLock(directory: configuration.stateDirectory)
         defer { lock.release() }
-        let node = try await prepare(configuration: configuration, logger: logger)
+        let token = try APIToken.loadOrCreate(at: configuration.tokenPath)
+        let node = try await prepare(configuration: configuration, token: token.value, logger: logger)
         let lifecycle = ClusterLifecycle(node: node)
         let images = ImageLibrary(node: node)
         let routes = APIRoutes(node: node, lifecycle: lifecycle, images: images)
         let readiness = Readiness(
             status: "serving on \(configuration.api.host):\(configuration.api.port), \(node.accelerator.kind.rawValue)")
 
-        let token = try APIToken.loadOrCreate(at: configuration.tokenPath)
         let tcp = Application(
             router: routes.router(token: token),
             configuration: .init(
@@ -56,7 +56,7 @@ public enum Daemon {
             configuration: .init(
                 services: [
                     .init(service: tcp), .init(service: local),
-                    .init(service: NodeLease(node: node, record: routes.record(), readiness: readiness)),
+                    .init(service: NodeLease(node: node, record: node.record, readiness: readiness)),
                     .init(service: Reconciler(node: node, lifecycle: lifecycle, images: images)),
                     .init(service: WatchdogService(readiness: readiness)),
                     // Last, so stopped first: see OperationDrain.
@@ -83,49 +83,65 @@ public enum Daemon {
 
     /// Everything that must hold before vcd serves: a valid node name, etcd, libvirtd and
     /// tgtd answering, the pool mounted. Each failure is one line saying what to start.
-    static func prepare(configuration: DaemonConfiguration, logger: Logger) async throws -> PeerNode {
+    static func prepare(configuration: DaemonConfiguration, token: String, logger: Logger) async throws -> PeerNode {
         do {
             try NameRule.checkNode(configuration.node)
+            guard !configuration.roles.isEmpty, !configuration.has(.etcd) else {
+                throw DaemonError.invalid(
+                    "roles must name compute, storage or both (etcd membership is not a configured role)")
+            }
             let addresses = try AddressPlan(
                 prefix: configuration.network.prefix, bridgePrefix: configuration.network.bridgePrefix)
             let catalog = Catalog(
-                etcd: EtcdClient(endpoint: configuration.etcd.endpoint), prefix: configuration.etcd.prefix)
+                etcd: EtcdClient(endpoint: configuration.etcd.allEndpoints[0]), prefix: configuration.etcd.prefix)
             _ = try await catalog.nodes()
 
+            // A storage-only node runs no VMs and needs no libvirtd; a compute-only node
+            // has no pool and no tgtd: its disks are on the storage node.
             let hypervisor = Hypervisor(
                 uri: configuration.libvirtURI, callTimeout: .seconds(configuration.libvirtCallTimeoutSeconds))
-            let info = try await hypervisor.run { try $0.nodeInfo() }
-            let exporter = TargetExporter(controlPort: configuration.iscsi.tgtControlPort, logger: logger)
-            _ = try await exporter.targets()
-            if let problem = portalProblem(try await exporter.portals(), configured: configuration.iscsi.portal) {
-                throw DaemonError.unavailable(problem)
+            var cpus = 0
+            var memoryMiB = 0
+            if configuration.has(.compute) {
+                let info = try await hypervisor.run { try $0.nodeInfo() }
+                cpus = info.cpus
+                memoryMiB = Int(info.memoryKiB / 1024)
             }
-
+            let exporter = TargetExporter(controlPort: configuration.iscsi.tgtControlPort, logger: logger)
             let pool = StoragePool(configuration: configuration.pool, logger: logger)
-            let poolStatus = try await pool.prepare()
-            logger.info(
-                "pool ready",
-                metadata: [
-                    "path": "\(poolStatus.path)", "filesystem": "\(poolStatus.filesystem)",
-                    "backing": "\(poolStatus.backing)",
-                ])
+            if configuration.has(.storage) {
+                _ = try await exporter.targets()
+                if let problem = portalProblem(try await exporter.portals(), configured: configuration.iscsi.portal) {
+                    throw DaemonError.unavailable(problem)
+                }
+                let poolStatus = try await pool.prepare()
+                logger.info(
+                    "pool ready",
+                    metadata: [
+                        "path": "\(poolStatus.path)", "filesystem": "\(poolStatus.filesystem)",
+                        "backing": "\(poolStatus.backing)",
+                    ])
+            }
 
             try HostFiles.makeDirectories(configuration.stateDirectory)
             if let problem = KVMDevice.problem() { logger.warning("\(problem)") }
-            let accelerator = await AcceleratorProbe(
-                configuration: configuration.accelerator, cacheFile: "\(configuration.stateDirectory)/accelerator.json",
-                logger: logger
-            ).decide()
+            let accelerator =
+                configuration.has(.compute)
+                ? await AcceleratorProbe(
+                    configuration: configuration.accelerator,
+                    cacheFile: "\(configuration.stateDirectory)/accelerator.json",
+                    logger: logger
+                ).decide() : Accelerator(kind: .tcg, reason: "runs no VMs (storage node)")
             logger.info(
                 "accelerator", metadata: ["kind": "\(accelerator.kind.rawValue)", "reason": "\(accelerator.reason)"])
 
             let capacity = NodeCapacity(
-                node: configuration.node, cpus: info.cpus, memoryMiB: Int(info.memoryKiB / 1024))
+                node: configuration.node, cpus: min(cpus, configuration.capacity.cpus ?? cpus),
+                memoryMiB: min(memoryMiB, configuration.capacity.memoryMiB ?? memoryMiB))
             let node = PeerNode(
                 configuration: configuration, logger: logger, catalog: catalog, hypervisor: hypervisor,
                 iscsi: ISCSIClient(initiator: Naming.initiatorIQN(node: configuration.node)), exporter: exporter,
-                pool: pool,
-                addresses: addresses, accelerator: accelerator, capacity: capacity)
+                pool: pool, addresses: addresses, accelerator: accelerator, capacity: capacity, token: token)
             return node
         } catch {
             throw DaemonError.from(error)

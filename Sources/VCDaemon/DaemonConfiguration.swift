@@ -2,6 +2,7 @@
 // that carry out the model's plans, recovery and reconciliation, the node lease. It
 // decides nothing the model can decide; it executes plans and records them in the catalog.
 import Foundation
+import VCModel
 import VCStorage
 import Yams
 
@@ -27,8 +28,19 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     /// How often the reconciler re-makes what the catalog says should exist; 0 runs it
     /// only at start (benchmarks that drive libvirt directly need that).
     public var reconcileIntervalSeconds: Int
+    /// What this node does: `compute` runs VMs, `storage` holds the pool and tgtd. A single
+    /// machine does both (the default); on several nodes one has `storage` only.
+    public var roles: [NodeRole]
+    /// Limits what this node offers to VMs below what libvirt reports (a node shared with
+    /// other work, or a testbed of several nodes on one machine).
+    public var capacity: CapacityLimits
     /// Fault injection for tests only; never set in production.
     public var testing: TestingHooks
+
+    public struct CapacityLimits: Codable, Sendable, Equatable {
+        public var memoryMiB: Int?
+        public var cpus: Int?
+    }
 
     public struct APIConfiguration: Codable, Sendable, Equatable {
         public var host: String = "127.0.0.1"
@@ -38,10 +50,15 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         /// The bearer token TCP clients must send; made at first start. Default:
         /// `STATE/api-token`.
         public var tokenFile: String?
+        /// The URL other nodes reach this API at; default `http://HOST:PORT`.
+        public var advertise: String?
     }
 
     public struct EtcdConfiguration: Codable, Sendable, Equatable {
         public var endpoint: String = "http://127.0.0.1:2379"
+        /// Every member's client URL; vcd fails over between them. Empty: `endpoint` alone.
+        public var endpoints: [String] = []
+        public var allEndpoints: [String] { endpoints.isEmpty ? [endpoint] : endpoints }
         /// Every key lives under it; tests use their own.
         public var prefix: String = "/peerless"
     }
@@ -51,6 +68,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var prefix: String = "10.77"
         /// Their bridges are BRIDGEPREFIX + N.
         public var bridgePrefix: String = "vcbr"
+        /// This node's address on the network between the nodes: cluster networks span
+        /// nodes over VXLAN tunnels ending there. Unset on a single machine.
+        public var underlay: String?
     }
 
     public struct ISCSIConfiguration: Codable, Sendable, Equatable {
@@ -84,6 +104,11 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     /// Where the TCP API's bearer token is kept.
     public var tokenPath: String { api.tokenFile ?? "\(stateDirectory)/api-token" }
 
+    /// Where other nodes reach this node's API.
+    public var advertisedAPI: String { api.advertise ?? "http://\(api.host):\(api.port)" }
+
+    public func has(_ role: NodeRole) -> Bool { roles.contains(role) }
+
     public init() {
         node = Self.defaultNodeName()
         stateDirectory = "/var/lib/peerless"
@@ -97,6 +122,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         accelerator = AcceleratorConfiguration()
         leaseTTLSeconds = 10
         reconcileIntervalSeconds = 15
+        roles = [.compute, .storage]
+        capacity = CapacityLimits()
         testing = TestingHooks()
     }
 
@@ -137,7 +164,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     /// Optional settings are absent from the encoded defaults, so they are listed here.
     private static func isOptionalSetting(_ path: String) -> Bool {
         [
-            "api.tokenFile", "testing.failCreateAfterVMs", "testing.failStep",
+            "api.tokenFile", "api.advertise", "network.underlay", "capacity.memoryMiB", "capacity.cpus",
+            "testing.failCreateAfterVMs", "testing.failStep",
             "testing.stepDelayMilliseconds", "testing.admissionDelayMilliseconds",
         ]
         .contains(path)

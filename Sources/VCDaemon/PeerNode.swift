@@ -24,12 +24,65 @@ public struct PeerNode: Sendable {
     public let admission = AdmissionGate()
     /// The lifecycle operations running here, drained on a graceful stop.
     public let operations = OperationTasks()
+    /// The live nodes, as the catalog lists them.
+    let directory: NodeDirectory
+    /// Calls to the other nodes' vcd.
+    let peers: PeerCalls
+
+    init(
+        configuration: DaemonConfiguration, logger: Logger, catalog: Catalog, hypervisor: Hypervisor,
+        iscsi: ISCSIClient, exporter: TargetExporter, pool: StoragePool, addresses: AddressPlan,
+        accelerator: Accelerator, capacity: NodeCapacity, token: String
+    ) {
+        self.configuration = configuration
+        self.logger = logger
+        self.catalog = catalog
+        self.hypervisor = hypervisor
+        self.iscsi = iscsi
+        self.exporter = exporter
+        self.pool = pool
+        self.addresses = addresses
+        self.accelerator = accelerator
+        self.capacity = capacity
+        directory = NodeDirectory(catalog: catalog)
+        peers = PeerCalls(token: token)
+    }
+
+    public func has(_ role: NodeRole) -> Bool { configuration.has(role) }
+
+    /// This node's advertisement in the catalog.
+    public var record: NodeRecord {
+        NodeRecord(
+            name: name, initiator: initiator, api: configuration.advertisedAPI, capacity: capacity,
+            accelerator: accelerator, version: Version.current, startedAt: Version.started,
+            roles: configuration.roles.sorted(), underlay: configuration.network.underlay,
+            portal: has(.storage) ? configuration.iscsi.portal : nil)
+    }
+
+    /// The node that holds the pool and the targets: this one when it has the role.
+    func storageNode() async throws -> NodeRecord {
+        if has(.storage) { return record }
+        let live = try await directory.live().values.filter { $0.has(.storage) }
+        guard let storage = live.min(by: { $0.name < $1.name }) else {
+            throw DaemonError.unavailable(
+                "no storage node is up (no live node has the storage role); start the storage node's vcd")
+        }
+        return storage
+    }
+
+    /// A live node's record, or nil when it has no lease.
+    func liveNode(_ name: String) async throws -> NodeRecord? {
+        if name == self.name { return record }
+        return try await directory.live()[name]
+    }
 
     public var name: String { configuration.node }
     public var initiator: String { Naming.initiatorIQN(node: name) }
 
-    public var portal: ISCSIPortal {
-        let parts = configuration.iscsi.portal.split(separator: ":")
+    public var portal: ISCSIPortal { Self.portal(configuration.iscsi.portal) }
+
+    static func portal(_ text: String) -> ISCSIPortal {
+        let parts = text.split(separator: ":")
         return ISCSIPortal(host: String(parts[0]), port: parts.count > 1 ? Int(parts[1]) ?? 3260 : 3260)
     }
 

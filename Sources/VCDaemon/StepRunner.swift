@@ -7,7 +7,10 @@ import VCModel
 import VCNetwork
 import VCStorage
 
-/// Carries out one step of a plan on this node, or undoes it. Every step can be run
+/// Carries out one step of a plan, or undoes it, on the node where it belongs: the disk
+/// steps on the storage node, a VM's steps on the node it is placed on, the network steps
+/// on every node that hosts one of the cluster's VMs. This node runs its own share and
+/// sends the rest to the other nodes' vcd, which run it with `performHere`. Every step can be run
 /// again after a crash (a snapshot is only ever made by a create, which recovery undoes,
 /// never redoes), and every undo tolerates a step that never happened, so recovery can
 /// replay a whole plan.
@@ -30,21 +33,79 @@ struct StepRunner: Sendable {
         cluster.vms.first { $0.name == name }!
     }
 
-    private var bridge: ClusterBridge { ClusterBridge(network: cluster.network, logger: logger) }
+    /// This node's address on the cluster network.
+    private var serviceAddress: String { cluster.network.serviceAddress(of: node.name) }
+
+    private var bridge: ClusterBridge {
+        ClusterBridge(network: cluster.network, address: serviceAddress, logger: logger)
+    }
 
     var firewall: ClusterFirewall {
         ClusterFirewall(
-            boundary: GuestBoundary(network: cluster.network, vms: cluster.vms), runDirectory: node.networkDirectory,
-            logger: logger)
+            boundary: GuestBoundary(network: cluster.network, vms: cluster.vms, serviceAddress: serviceAddress),
+            runDirectory: node.networkDirectory, logger: logger)
     }
 
     private var dhcp: DHCPServer {
         DHCPServer(
-            table: DHCPTable(network: cluster.network, vms: cluster.vms, runDirectory: node.networkDirectory),
+            table: DHCPTable(
+                network: cluster.network, vms: cluster.vms, runDirectory: node.networkDirectory,
+                serviceAddress: serviceAddress,
+                mtu: node.configuration.network.underlay == nil ? nil : ClusterOverlay.mtu),
             logger: logger)
     }
 
-    func perform(_ step: Step) async throws {
+    /// The nodes that host at least one of the cluster's VMs.
+    var hostingNodes: [String] { Set(cluster.vms.map(\.node)).sorted() }
+
+    // MARK: - where a step runs
+
+    func perform(_ step: Step) async throws { try await route(step, undo: false) }
+
+    func undo(_ step: Step) async throws { try await route(step, undo: true) }
+
+    private func route(_ step: Step, undo: Bool) async throws {
+        try node.operations.checkStopping()
+        switch step.site {
+        case .storage:
+            let storage = try await node.storageNode()
+            try await run(step, undo: undo, on: storage.name, record: storage)
+        case .vmHost:
+            try await run(step, undo: undo, on: vm(step.vm!).node)
+        case .everyHost:
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for host in hostingNodes {
+                    group.addTask { try await run(step, undo: undo, on: host) }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    private func run(_ step: Step, undo: Bool, on name: String, record: NodeRecord? = nil) async throws {
+        if name == node.name {
+            try await undo ? undoHere(step) : performHere(step)
+            return
+        }
+        var target = record
+        if target == nil { target = try await node.liveNode(name) }
+        guard let target else {
+            if undo {
+                // Its domains, bridges and rules are placed nowhere now: the node removes
+                // them itself when it comes back (see the reconciler), before it starts anything.
+                logger.warning(
+                    "node is down; it removes its share when it comes back",
+                    metadata: ["node": "\(name)", "step": "\(step)"])
+                return
+            }
+            throw DaemonError.unavailable("node \(name) is not up (it holds no lease); \(step) cannot run there")
+        }
+        try await node.peers.perform(step, undo: undo, cluster: cluster, image: image, on: target)
+    }
+
+    // MARK: - this node's share
+
+    func performHere(_ step: Step) async throws {
         try node.operations.checkStopping()
         if let delay = node.configuration.testing.stepDelayMilliseconds {
             try await Task.sleep(for: .milliseconds(delay))
@@ -59,7 +120,7 @@ struct StepRunner: Sendable {
         case .bridge:
             try await bridge.ensure()
         case .overlay:
-            break
+            if let overlay = try await overlay() { try await overlay.ensure() }
         case .dhcp:
             try await dhcp.ensure()
         case .snapshot(let name):
@@ -68,15 +129,18 @@ struct StepRunner: Sendable {
             try await node.pool.offload { pool throws(StorageError) in try pool.clone(source, to: disk) }
         case .export(let name):
             let m = vm(name)
+            // Only this incarnation's name: an earlier one is never admitted again.
             _ = try await node.exporter.export(
-                iqn: m.diskIQN, file: node.pool.path(m.diskFile), initiators: [Naming.initiatorIQN(node: m.node)],
+                iqn: m.diskIQN, file: node.pool.path(m.diskFile), initiators: [m.initiator],
                 chap: try await credentials(name))
         case .verify(let name):
             let m = vm(name)
-            let size = try node.pool.size(m.diskFile)
+            let storage = try await node.storageNode()
+            let size = try await diskBytes(m)
             let chap = try await credentials(name)
+            let target = ISCSITarget(portal: storage.portal ?? node.configuration.iscsi.portal, iqn: m.diskIQN, lun: 1)
             do {
-                _ = try await node.iscsi.verifyDisk(node.target(iqn: m.diskIQN), expectedBytes: size, chap: chap)
+                _ = try await node.iscsi.verifyDisk(target, expectedBytes: size, chap: chap, initiator: m.initiator)
             } catch {
                 throw DaemonError.failed("disk of \(name) does not answer as expected, VM not started: \(error)")
             }
@@ -87,7 +151,7 @@ struct StepRunner: Sendable {
                 try $0.defineISCSISecret(usage: Naming.chapSecretUsage(vm: name), value: password)
             }
         case .define(let name):
-            let xml = document(vm(name)).xml
+            let xml = document(vm(name), portal: try await storagePortal()).xml
             try makeConsoleDirectory()
             _ = try await node.hypervisor.run { try $0.define(xml: xml) }
         case .start(let name):
@@ -104,7 +168,7 @@ struct StepRunner: Sendable {
         }
     }
 
-    func undo(_ step: Step) async throws {
+    func undoHere(_ step: Step) async throws {
         try node.operations.checkStopping()
         if let delay = node.configuration.testing.stepDelayMilliseconds {
             try await Task.sleep(for: .milliseconds(delay))
@@ -116,7 +180,7 @@ struct StepRunner: Sendable {
         case .bridge:
             try await bridge.remove()
         case .overlay:
-            break
+            try await ClusterOverlay(network: cluster.network, local: "", peers: [], logger: logger).remove()
         case .dhcp:
             await dhcp.remove()
         case .snapshot(let name):
@@ -136,17 +200,11 @@ struct StepRunner: Sendable {
             unlink(node.consolePath(cluster: cluster.name, vm: name))
             rmdir("\(node.consoleDirectory)/\(cluster.name)")
         case .start(let name), .save(let name):
-            let m = vm(name)
             try await node.hypervisor.run { conn in
                 guard let d = try conn.domain(named: name), Self.isOurs(d, cluster: cluster.name) else { return }
                 if d.isActive { try d.destroy() }
             }
-            let (save, directory) = (m.saveFile, "saves/\(cluster.name)")
-            try await node.pool.offload { pool throws(StorageError) in
-                try pool.remove(save)
-                try pool.remove(save + ".partial")
-                pool.removeDirectory(directory)
-            }
+            try await MemoryImages(runner: self).discard(vm(name))
         }
     }
 
@@ -165,29 +223,35 @@ struct StepRunner: Sendable {
 
     // MARK: - domains
 
-    func document(_ m: VirtualMachine) -> DomainDocument {
+    func document(_ m: VirtualMachine, portal: ISCSIPortal) -> DomainDocument {
         DomainDocument(
             vm: m, cluster: cluster.name, vcpus: cluster.spec.vcpus, memoryMiB: cluster.spec.memoryMiB,
-            bridge: cluster.network.bridge, portal: node.portal, initiator: Naming.initiatorIQN(node: m.node),
+            bridge: cluster.network.bridge, portal: portal, initiator: m.initiator,
             accelerator: node.accelerator.kind, consolePath: node.consolePath(cluster: cluster.name, vm: m.name),
             chap: CHAPReference(user: Naming.chapUser(vm: m.name), secretUsage: Naming.chapSecretUsage(vm: m.name)),
             sshKeys: cluster.spec.sshKeys)
     }
 
     /// Starts a VM paused: restores its memory image when it has one (resume), boots it
-    /// otherwise. `.release` lets it run.
+    /// otherwise. `.release` lets it run. The image is on the storage node; a compute node
+    /// fetches it first, and restores it with its own portal and this incarnation's name.
     private func start(_ m: VirtualMachine) async throws {
-        let savePath = node.pool.path(m.saveFile)
-        let hasImage = node.pool.exists(m.saveFile)
+        let images = MemoryImages(runner: self)
+        let active = try await node.hypervisor.run { try $0.domain(named: m.name)?.isActive ?? false }
+        if active { return }
+        let savePath = try await images.fetch(m)
         // A resume must restore memory; booting afresh would silently lose the guests' state.
         let mustRestore = cluster.state == .resuming
+        let portal = try await storagePortal()
         try await node.hypervisor.run(timeout: Self.memoryImageTimeout) { conn in
             guard let d = try conn.domain(named: m.name) else {
                 throw DaemonError.failed("domain \(m.name) is not defined")
             }
             if d.isActive { return }
-            if hasImage {
-                try conn.restore(from: savePath, paused: true)
+            if let savePath {
+                let xml = SavedDefinition.retarget(
+                    try conn.saveImageXML(savePath), portal: portal, initiator: m.initiator)
+                try conn.restore(from: savePath, xml: xml, paused: true)
             } else if mustRestore {
                 throw DaemonError.failed(
                     "the memory image of \(m.name) is missing (\(m.saveFile)); it cannot resume. Destroy the cluster, or suspend it again first"
@@ -196,23 +260,23 @@ struct StepRunner: Sendable {
                 try d.start(paused: true)
             }
         }
-        if hasImage {
-            let save = m.saveFile
-            try await node.pool.offload { pool throws(StorageError) in try pool.remove(save) }
-        }
+        if savePath != nil { try await images.discard(m) }
     }
 
-    /// Saves a running VM's memory into the pool. The image is written under a temporary
-    /// name and renamed when complete, so a crash never leaves a truncated image that a
-    /// resume would trust. If a save completed but vcd died before the rename (libvirtd
-    /// finishes a save job without its client), the complete image is kept, not redone.
+    /// Saves a running VM's memory. The image is written under a temporary name and
+    /// renamed when complete, so a crash never leaves a truncated image that a resume
+    /// would trust. If a save completed but vcd died before the rename (libvirtd finishes
+    /// a save job without its client), the complete image is kept, not redone. A compute
+    /// node then sends it to the storage node: nothing of a suspended VM stays on it.
     private func save(_ m: VirtualMachine) async throws {
-        let final = node.pool.path(m.saveFile)
+        let images = MemoryImages(runner: self)
+        let final = images.localPath(m)
         let partial = final + ".partial"
         try HostFiles.makeDirectories(HostFiles.parent(final))
         let keep = try await node.hypervisor.run(timeout: Self.memoryImageTimeout) { conn -> Bool in
             guard let d = try conn.domain(named: m.name) else {
-                throw DaemonError.failed("domain \(m.name) is not defined")
+                // Already saved and sent by an earlier try of this step.
+                return false
             }
             if d.isActive {
                 unlink(partial)
@@ -226,6 +290,40 @@ struct StepRunner: Sendable {
                 throw DaemonError.failed("could not keep \(m.name)'s memory image: \(String(cString: strerror(errno)))")
             }
         }
+        try await images.store(m)
+    }
+
+    /// The size the disk's LUN must report: the pool's file here, else the golden image it
+    /// was cloned from.
+    private func diskBytes(_ m: VirtualMachine) async throws -> UInt64 {
+        if node.has(.storage) { return try node.pool.size(m.diskFile) }
+        if let image { return image.sizeBytes }
+        guard let found = try await node.catalog.image(cluster.spec.image)?.value else {
+            throw DaemonError.failed("image '\(cluster.spec.image)' of \(m.name)'s disk is not in the catalog")
+        }
+        return found.sizeBytes
+    }
+
+    /// Where QEMU and libiscsi reach the disks: the storage node's portal.
+    func storagePortal() async throws -> ISCSIPortal {
+        let storage = try await node.storageNode()
+        return PeerNode.portal(storage.portal ?? node.configuration.iscsi.portal)
+    }
+
+    /// This node's end of the cluster's VXLAN, with the other hosting nodes as peers; nil on
+    /// a single node (no underlay configured).
+    private func overlay() async throws -> ClusterOverlay? {
+        guard let local = node.configuration.network.underlay else { return nil }
+        var peers = Set<String>()
+        for host in hostingNodes where host != node.name {
+            guard let record = try await node.liveNode(host), let address = record.underlay else {
+                logger.warning(
+                    "a hosting node is not up; its tunnel is added when it is", metadata: ["node": "\(host)"])
+                continue
+            }
+            peers.insert(address)
+        }
+        return ClusterOverlay(network: cluster.network, local: local, peers: peers, logger: logger)
     }
 
     /// A save or restore moves the guest's whole memory: it may take far longer than an

@@ -35,7 +35,8 @@ public struct AddressPlan: Sendable, Equatable {
     /// Host numbers the nodes that host a cluster's VMs take on its network, in the order
     /// they are handed out: below the VMs (after the gateway), then from the top down.
     /// VMs use .11 to .(10 + ClusterSpec.vmRange.upperBound).
-    public static let nodeHosts: [Int] = Array(2...9) + Array((firstHost + ClusterSpec.vmRange.upperBound + 1...254).reversed())
+    public static let nodeHosts: [Int] =
+        Array(2...9) + Array((firstHost + ClusterSpec.vmRange.upperBound + 1...254).reversed())
 
     /// Gives every node in `nodes` an address on the network, keeping those it has.
     public func nodeAddresses(subnet: Int, nodes: Set<String>, keeping current: [String: String]) throws(ModelError)

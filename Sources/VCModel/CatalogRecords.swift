@@ -83,7 +83,8 @@ public struct ClusterNetwork: Codable, Sendable, Equatable {
 
     /// Every address guests may ask for DNS, in a stable order.
     public var nameServers: [String] {
-        nodeAddresses.isEmpty ? [gateway] : nodeAddresses.values.sorted { $0.ipSortKey.lexicographicallyPrecedes($1.ipSortKey) }
+        nodeAddresses.isEmpty
+            ? [gateway] : nodeAddresses.values.sorted { $0.ipSortKey.lexicographicallyPrecedes($1.ipSortKey) }
     }
 }
 

@@ -1,3 +1,5 @@
+import Foundation
+
 /// One host-side change that a lifecycle operation makes or undoes. The daemon's executor
 /// carries steps out; this type only decides which steps, in which order.
 public enum Step: Hashable, Sendable, CustomStringConvertible {
@@ -143,5 +145,43 @@ public struct ClusterPlan: Sendable, Equatable {
             },
             final: cluster.vms.map { .release(vm: $0.name) }
         )
+    }
+}
+
+/// Rewrites the host-side parts of a saved domain definition for the node that restores
+/// it: the disk's portal and this incarnation's initiator name. Everything the guest
+/// sees stays, so libvirt's ABI check accepts it.
+public enum SavedDefinition {
+    public static func retarget(_ xml: String, portal: ISCSIPortal, initiator: String) -> String {
+        var out = xml
+        out = replace(in: out, start: "<iqn name='", end: "'", with: XML.escape(initiator))
+        out = replace(in: out, start: "<host name='", end: "'", with: XML.escape(portal.host))
+        out = replace(in: out, start: " port='", end: "'", with: "\(portal.port)", after: "<host name='")
+        return out
+    }
+
+    /// Replaces the text between every `start` and the next `end`; with `after`, only
+    /// where `start` follows `after` on the same element.
+    static func replace(in text: String, start: String, end: String, with value: String, after: String? = nil)
+        -> String
+    {
+        var result = ""
+        var rest = Substring(text)
+        while let s = rest.range(of: start) {
+            if let after {
+                // Only a `port='…'` inside an element that began with `after`.
+                let head = rest[..<s.lowerBound]
+                guard let a = head.range(of: after, options: .backwards), !head[a.upperBound...].contains("<")
+                else {
+                    result += rest[..<s.upperBound]
+                    rest = rest[s.upperBound...]
+                    continue
+                }
+            }
+            guard let e = rest[s.upperBound...].range(of: end) else { break }
+            result += rest[..<s.upperBound] + value + end
+            rest = rest[e.upperBound...]
+        }
+        return result + rest
     }
 }

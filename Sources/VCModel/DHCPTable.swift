@@ -6,11 +6,21 @@ public struct DHCPTable: Sendable, Equatable {
     public var vms: [VirtualMachine]
     /// Directory for the pid file and log.
     public var runDirectory: String
+    /// Where this node's dnsmasq listens: the gateway on a single node, the node's own
+    /// address on the network when several nodes serve it.
+    public var serviceAddress: String
+    /// The MTU guests must use (DHCP option 26) when the network runs over VXLAN.
+    public var mtu: Int?
 
-    public init(network: ClusterNetwork, vms: [VirtualMachine], runDirectory: String) {
+    public init(
+        network: ClusterNetwork, vms: [VirtualMachine], runDirectory: String, serviceAddress: String? = nil,
+        mtu: Int? = nil
+    ) {
         self.network = network
         self.vms = vms
         self.runDirectory = runDirectory
+        self.serviceAddress = serviceAddress ?? network.gateway
+        self.mtu = mtu
     }
 
     public var pidFile: String { "\(runDirectory)/\(network.bridge).pid" }
@@ -24,7 +34,7 @@ public struct DHCPTable: Sendable, Equatable {
             "interface=\(network.bridge)",
             "bind-interfaces",
             "except-interface=lo",
-            "listen-address=\(network.gateway)",
+            "listen-address=\(serviceAddress)",
             "pid-file=\(pidFile)",
             "log-facility=\(logFile)",
             "user=nobody",
@@ -35,10 +45,14 @@ public struct DHCPTable: Sendable, Equatable {
             "domain=\(network.domain)",
             "local=/\(network.domain)/",
             "dhcp-range=\(base),static,255.255.255.0,infinite",
-            // No router until the gateway service exists; name server is the bridge address.
+            // No router until the gateway service exists. Every node serving the network
+            // is a name server, so one node's loss costs a guest one timeout, not its DNS.
             "dhcp-option=option:router",
-            "dhcp-option=option:dns-server,\(network.gateway)",
+            "dhcp-option=option:dns-server,\(network.nameServers.joined(separator: ","))",
         ]
+        // Forced: guests that did not ask for option 26 must still not send frames the
+        // VXLAN would have to fragment.
+        if let mtu { lines.append("dhcp-option-force=26,\(mtu)") }
         for vm in vms {
             lines.append("dhcp-host=\(vm.mac),\(vm.ip),\(vm.name),infinite")
             lines.append("host-record=\(vm.name).\(network.domain),\(vm.name),\(vm.ip)")

@@ -46,13 +46,18 @@ public struct GuestBoundary: Sendable, Equatable {
     public var network: ClusterNetwork
     public var vms: [VirtualMachine]
     public var services: [GuestService]
+    /// This node's own address on the network, where its services listen: the gateway on
+    /// a single node, the node's address when several nodes host the network.
+    public var serviceAddress: String
 
     public init(
-        network: ClusterNetwork, vms: [VirtualMachine], services: [GuestService] = GuestService.offeredOnEveryNetwork
+        network: ClusterNetwork, vms: [VirtualMachine], services: [GuestService] = GuestService.offeredOnEveryNetwork,
+        serviceAddress: String? = nil
     ) {
         self.network = network
         self.vms = vms
         self.services = services
+        self.serviceAddress = serviceAddress ?? network.gateway
     }
 
     /// Both tables carry this name, in the `inet` and the `bridge` family.
@@ -77,7 +82,7 @@ public struct GuestBoundary: Sendable, Equatable {
         for s in services {
             // Only to the network's own address (or the broadcast a DHCP client starts
             // with): another listener on the same port elsewhere on the host stays closed.
-            let to = s.broadcast ? "ip daddr { 255.255.255.255, \(network.gateway) } " : "ip daddr \(network.gateway) "
+            let to = s.broadcast ? "ip daddr { 255.255.255.255, \(serviceAddress) } " : "ip daddr \(serviceAddress) "
             lines.append("    \(to)\(s.transport.rawValue) dport \(s.port) accept comment \"\(s.name)\"")
         }
         lines.append("    drop")

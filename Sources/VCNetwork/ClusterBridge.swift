@@ -5,10 +5,14 @@ import VCModel
 /// A cluster network's bridge. VMs' taps are attached to it by libvirt.
 public struct ClusterBridge: Sendable {
     public let network: ClusterNetwork
+    /// This node's address on the network: the gateway, or the node's own when several
+    /// nodes host it.
+    public let address: String
     private let logger: Logger
 
-    public init(network: ClusterNetwork, logger: Logger) {
+    public init(network: ClusterNetwork, address: String? = nil, logger: Logger) {
         self.network = network
+        self.address = address ?? network.gateway
         self.logger = logger
     }
 
@@ -30,16 +34,24 @@ public struct ClusterBridge: Sendable {
 
     public func exists() async -> Bool { await HostCommand.succeeds("ip", ["link", "show", "dev", name]) }
 
-    /// Creates the bridge with the gateway address and brings it up. Idempotent.
+    /// Creates the bridge with this node's address and brings it up. Idempotent; an
+    /// address of the network that is not this node's any more is taken off.
     public func ensure() async throws(NetworkError) {
         if await !exists() {
             try await ip(
                 "create", ["link", "add", "name", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
         }
-        let address = "\(network.gateway)/\(network.prefixLength)"
+        let address = "\(self.address)/\(network.prefixLength)"
         let shown = (try? await HostCommand.run("ip", ["-o", "-4", "addr", "show", "dev", name]))?.stdout ?? ""
         if !shown.contains(" \(address) ") {
             try await ip("address", ["addr", "replace", address, "dev", name])
+        }
+        for line in shown.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard let i = fields.firstIndex(of: "inet"), i + 1 < fields.count, fields[i + 1] != address else {
+                continue
+            }
+            try await ip("address", ["addr", "del", String(fields[i + 1]), "dev", name])
         }
         try await ip("bring up", ["link", "set", "dev", name, "up"])
     }
