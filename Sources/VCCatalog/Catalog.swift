@@ -14,7 +14,11 @@ public struct Versioned<Value: Sendable>: Sendable {
 ///     PREFIX/subnets/N        name of the cluster that holds subnet N
 ///     PREFIX/ops/CLUSTER      ClusterOperation running on that cluster (its journal)
 ///     PREFIX/secrets/CLUSTER  ClusterSecrets: its disks' CHAP passwords, made with it
-///     PREFIX/nodes/NAME       NodeRecord, under the node's lease
+///     PREFIX/nodes/NAME       NodeRecord, under the node's lease: the node is alive
+///     PREFIX/members/NAME     NodeRecord as last registered, kept: the node is known
+///     PREFIX/cordons/NAME     why the node takes no new VMs
+///     PREFIX/commitments/NAME memory committed on the node (MiB); its revision guards
+///                             every placement on the node
 ///
 /// Values are JSON in an envelope that carries a schema number. Every write that depends
 /// on what was read is a transaction guarded by that key's revision.
@@ -36,6 +40,9 @@ public struct Catalog: Sendable {
     public func operationKey(_ cluster: String) -> String { "\(prefix)/ops/\(cluster)" }
     public func nodeKey(_ name: String) -> String { "\(prefix)/nodes/\(name)" }
     public func secretsKey(_ cluster: String) -> String { "\(prefix)/secrets/\(cluster)" }
+    public func memberKey(_ name: String) -> String { "\(prefix)/members/\(name)" }
+    public func cordonKey(_ name: String) -> String { "\(prefix)/cordons/\(name)" }
+    public func commitmentKey(_ node: String) -> String { "\(prefix)/commitments/\(node)" }
 
     // MARK: images
 
@@ -96,42 +103,90 @@ public struct Catalog: Sendable {
     /// Atomically records a new cluster with its disks' secrets, claims its subnet and opens
     /// its create operation. Fails with `.alreadyExists` when the name is taken, `.conflict`
     /// when the subnet was claimed by a concurrent create (pick another and retry).
-    public func beginCreate(_ cluster: VirtualCluster, secrets: ClusterSecrets, operation: ClusterOperation)
-        async throws(CatalogError)
-    {
+    ///
+    /// `commitments` are the nodes the placement put VMs on, each with the revision of its
+    /// commitment key the placement was decided from: if another create or resume placed
+    /// VMs on one of them since, the transaction fails with `.conflict` and the caller
+    /// places again from fresh numbers, so two placements that fit alone but not together
+    /// never both win.
+    public func beginCreate(
+        _ cluster: VirtualCluster, secrets: ClusterSecrets, operation: ClusterOperation,
+        commitments: [Commitment] = []
+    ) async throws(CatalogError) {
         let ck = clusterKey(cluster.name)
         let sk = subnetKey(cluster.network.subnet)
+        let (guards, puts) = try commitmentOps(commitments)
         let ok = try await etcd.txn(
-            [.absent(ck), .absent(sk), .absent(operationKey(cluster.name))],
+            [.absent(ck), .absent(sk), .absent(operationKey(cluster.name))] + guards,
             success: [
                 .put(ck, try encode(cluster)), .put(sk, Array(cluster.name.utf8)),
                 .put(secretsKey(cluster.name), try encode(secrets)),
                 .put(operationKey(cluster.name), try encode(operation)),
-            ])
+            ] + puts)
         guard ok else {
             if try await etcd.get(ck) != nil { throw .alreadyExists(kind: "cluster", name: cluster.name) }
-            throw .conflict(key: sk)
+            if try await etcd.get(sk) != nil || commitments.isEmpty { throw .conflict(key: sk) }
+            throw .conflict(key: commitmentKey(commitments[0].node))
         }
+    }
+
+    /// A node's commitment as a placement read it, and what it becomes.
+    public struct Commitment: Sendable, Equatable {
+        public var node: String
+        /// The key's revision when read; nil when it did not exist.
+        public var readRevision: Int64?
+        public var committedMiB: Int
+
+        public init(node: String, readRevision: Int64?, committedMiB: Int) {
+            self.node = node
+            self.readRevision = readRevision
+            self.committedMiB = committedMiB
+        }
+    }
+
+    private func commitmentOps(_ commitments: [Commitment]) throws(CatalogError) -> ([Compare], [TxnOp]) {
+        var guards: [Compare] = []
+        var puts: [TxnOp] = []
+        for c in commitments {
+            let key = commitmentKey(c.node)
+            guards.append(c.readRevision.map { .modRevision(key, equals: $0) } ?? .absent(key))
+            puts.append(.put(key, try encode(c.committedMiB)))
+        }
+        return (guards, puts)
+    }
+
+    /// Every node's commitment key with its revision.
+    public func commitments() async throws(CatalogError) -> [String: Versioned<Int>] {
+        var out: [String: Versioned<Int>] = [:]
+        for kv in try await etcd.list(prefix: "\(prefix)/commitments/") {
+            let name = String(kv.key.split(separator: "/").last ?? "")
+            out[name] = Versioned(value: try decode(kv), modRevision: kv.modRevision)
+        }
+        return out
     }
 
     /// Opens an operation on an existing cluster and moves it to `state`, provided nobody
     /// changed the cluster since it was read and no other operation holds it.
+    /// With `placed`, the cluster's VMs move to new placements in the same transaction,
+    /// guarded by `commitments` as in `beginCreate`.
     public func begin(
-        _ operation: ClusterOperation, on cluster: Versioned<VirtualCluster>, state: ClusterState, now: Date
+        _ operation: ClusterOperation, on cluster: Versioned<VirtualCluster>, state: ClusterState, now: Date,
+        placed: VirtualCluster? = nil, commitments: [Commitment] = []
     ) async throws(CatalogError) -> Versioned<VirtualCluster> {
-        var updated = cluster.value
+        var updated = placed ?? cluster.value
         updated.state = state
         updated.updatedAt = now
         updated.message = nil
         let ck = clusterKey(updated.name)
+        let (guards, puts) = try commitmentOps(commitments)
         let ok = try await etcd.txn(
-            [.modRevision(ck, equals: cluster.modRevision), .absent(operationKey(updated.name))],
-            success: [.put(ck, try encode(updated)), .put(operationKey(updated.name), try encode(operation))])
+            [.modRevision(ck, equals: cluster.modRevision), .absent(operationKey(updated.name))] + guards,
+            success: [.put(ck, try encode(updated)), .put(operationKey(updated.name), try encode(operation))] + puts)
         guard ok else {
             if let running = try await self.operation(updated.name) {
                 throw .busy(cluster: updated.name, operation: running)
             }
-            throw .conflict(key: ck)
+            throw .conflict(key: commitments.isEmpty ? ck : commitmentKey(commitments[0].node))
         }
         guard let fresh = try await self.cluster(updated.name) else {
             throw .notFound(kind: "cluster", name: updated.name)
@@ -196,8 +251,40 @@ public struct Catalog: Sendable {
 
     // MARK: nodes
 
+    /// The node's live key under its lease, and its lasting member record, together.
     public func register(_ node: NodeRecord, lease: Int64) async throws(CatalogError) {
-        try await etcd.put(nodeKey(node.name), try encode(node), lease: lease)
+        try await etcd.txn(
+            [],
+            success: [
+                .put(nodeKey(node.name), try encode(node), lease: lease), .put(memberKey(node.name), try encode(node)),
+            ])
+    }
+
+    /// Every node that ever registered, alive or not.
+    public func members() async throws(CatalogError) -> [NodeRecord] {
+        try await readAll("\(prefix)/members/").map(\.value)
+    }
+
+    /// Nodes closed to new VMs, with the reason given.
+    public func cordons() async throws(CatalogError) -> [String: String] {
+        var out: [String: String] = [:]
+        for kv in try await etcd.list(prefix: "\(prefix)/cordons/") {
+            out[String(kv.key.split(separator: "/").last ?? "")] = String(decoding: kv.value, as: UTF8.self)
+        }
+        return out
+    }
+
+    /// Moves an operation whose node holds no lease any more to `node`, so that it is
+    /// finished or undone by a live one. Fails (false) if the entry changed or its owner
+    /// is alive again.
+    public func takeOver(_ operation: ClusterOperation, by node: String) async throws(CatalogError) -> ClusterOperation?
+    {
+        var moved = operation
+        moved.node = node
+        let ok = try await etcd.txn(
+            [.value(operationKey(operation.cluster), equals: try encode(operation)), .absent(nodeKey(operation.node))],
+            success: [.put(operationKey(operation.cluster), try encode(moved))])
+        return ok ? moved : nil
     }
 
     public func nodes() async throws(CatalogError) -> [NodeRecord] {

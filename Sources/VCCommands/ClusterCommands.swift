@@ -3,6 +3,8 @@ import Foundation
 import VCClient
 import VCModel
 
+extension PlacementStrategy: ExpressibleByArgument {}
+
 struct ClusterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster", abstract: "Virtual clusters: sets of VMs with a private network.",
@@ -24,18 +26,22 @@ struct ClusterCreate: AsyncParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Cluster name (lowercase letters, digits, '-'; at most 40).") var name: String
     @Option(help: "Golden image to boot from.") var image: String
-    @Option(help: "Number of VMs (1-240).") var vms: Int
+    @Option(help: "Number of VMs (1-200).") var vms: Int
     @Option(help: "vCPUs per VM.") var vcpus: Int = 1
     @Option(help: "Memory per VM, e.g. 256M or 1G.") var memory: String = "256M"
     @Option(
         name: .customLong("ssh-key"), help: "A public key file to install in the VMs (repeatable).", completion: .file()
     )
     var sshKeys: [String] = []
+    @Option(help: "How VMs are laid out over the nodes: spread (the default) or pack.")
+    var placement: PlacementStrategy?
+    @Option(help: "Put every VM on this node.") var node: String?
 
     /// Checked in `run`, not `validate`, so that a bad value gets one line, not a usage page.
     func spec(keys: [String]) throws -> ClusterSpec {
         let spec = ClusterSpec(
-            name: name, image: image, vms: vms, vcpus: vcpus, memoryMiB: try ByteSize.parseMiB(memory), sshKeys: keys)
+            name: name, image: image, vms: vms, vcpus: vcpus, memoryMiB: try ByteSize.parseMiB(memory), sshKeys: keys,
+            placement: placement, node: node)
         try spec.validate()
         return spec
     }

@@ -9,21 +9,26 @@ struct NodeCommand: AsyncParsableCommand {
 
 struct NodeList: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "list", abstract: "List nodes whose lease is alive.", aliases: ["ls"])
+        commandName: "list",
+        abstract: "List every node the cluster knows: ready, cordoned or dead, with its roles and load.",
+        aliases: ["ls"])
 
     @OptionGroup var global: GlobalOptions
 
     func run() async throws {
         try await CLI.run {
-            let nodes: [NodeRecord] = try await global.client.get("/v1/nodes")
+            let nodes: [NodeSummary] = try await global.client.get("/v1/nodes")
             if global.output == .json { return print(Render.json(nodes)) }
-            let rows = nodes.map {
-                [
-                    $0.name, "\($0.capacity.cpus)", "\($0.capacity.memoryMiB) MiB", $0.accelerator.kind.rawValue,
-                    $0.api, $0.initiator,
+            let rows = nodes.map { n -> [String] in
+                let r = n.record
+                let compute = r.has(.compute)
+                return [
+                    r.name, n.state.rawValue, n.roles.map(\.rawValue).joined(separator: ","),
+                    compute ? "\(r.capacity.cpus)" : "-", compute ? "\(r.capacity.memoryMiB) MiB" : "-",
+                    compute ? "\(n.committedMiB) MiB" : "-", "\(n.vms)", r.underlay ?? r.api,
                 ]
             }
-            print(Render.table(["NAME", "CPUS", "MEMORY", "ACCEL", "API", "INITIATOR"], rows))
+            print(Render.table(["NAME", "STATE", "ROLES", "CPUS", "MEMORY", "COMMITTED", "VMS", "ADDRESS"], rows))
         }
     }
 }

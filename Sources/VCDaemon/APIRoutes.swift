@@ -21,7 +21,7 @@ struct APIRoutes: Sendable {
         if let token { router.add(middleware: BearerTokenMiddleware(token: token)) }
         let v = "/\(API.version)"
         router.get("\(v)/node") { _, _ in try await respond { try await nodeStatus() } }
-        router.get("\(v)/nodes") { _, _ in try await respond { try await node.catalog.nodes() } }
+        router.get("\(v)/nodes") { _, _ in try await respond { try await nodeSummaries() } }
 
         router.get("\(v)/images") { _, _ in try await respond { try await images.list() } }
         router.post("\(v)/images") { request, context in
@@ -162,6 +162,26 @@ struct APIRoutes: Sendable {
                 out[name] = try conn.domain(named: name).map { try $0.state().rawValue } ?? "missing"
             }
             return out
+        }
+    }
+
+    /// Every node the cluster knows, with its state, roles and what is placed on it. A node
+    /// whose client URL is among the configured etcd endpoints is an etcd member.
+    func nodeSummaries() async throws -> [NodeSummary] {
+        let world = try await PlacementWorld.read(node)
+        let ledger = CommitmentLedger(clusters: world.clusters)
+        let placed = world.clusters.flatMap(\.vms).reduce(into: [String: Int]()) { $0[$1.node, default: 0] += 1 }
+        let etcdHosts = Set(node.configuration.etcd.allEndpoints.compactMap { URL(string: $0)?.host })
+        return world.views(excluding: nil).compactMap { view in
+            guard let record = world.live[view.name] ?? world.members.first(where: { $0.name == view.name }) else {
+                return nil
+            }
+            var roles = Set(record.roles)
+            if let address = record.underlay, etcdHosts.contains(address) { roles.insert(.etcd) }
+            return NodeSummary(
+                record: record, state: view.state, roles: roles.sorted(),
+                committedMiB: ledger.committedMiB(of: view.name),
+                vms: placed[view.name] ?? 0, cordonReason: world.cordons[view.name])
         }
     }
 

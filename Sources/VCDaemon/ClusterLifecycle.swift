@@ -42,7 +42,6 @@ public struct ClusterLifecycle: Sendable {
             let hostSubnets = await ClusterBridge.subnetsInUseOnHost(bridgePrefix: node.addresses.bridgePrefix)
             let (cluster, operation, secrets) = try await node.admission.admit { () async throws in
                 try await admissionDelay()
-                try node.capacity.admit(spec, committedMiB: try await node.committedMemoryMiB())
                 return try await claim(spec, avoiding: hostSubnets)
             }
             let (stream, events) = AsyncStream<OperationEvent>.makeStream()
@@ -105,9 +104,10 @@ public struct ClusterLifecycle: Sendable {
             }, write)
     }
 
-    /// Picks a free subnet and records the cluster, its disks' fresh CHAP secrets and its
-    /// create operation atomically; retries with the next subnet when a concurrent create
-    /// took it first.
+    /// Places the VMs, picks a free subnet and records the cluster, its disks' fresh CHAP
+    /// secrets, its create operation and the memory it commits on each node atomically;
+    /// retries with the next subnet when a concurrent create took it first, and places
+    /// again when a concurrent create or resume committed memory on one of its nodes.
     private func claim(_ spec: ClusterSpec, avoiding hostSubnets: Set<Int>) async throws -> (
         VirtualCluster, ClusterOperation, ClusterSecrets
     ) {
@@ -118,20 +118,33 @@ public struct ClusterLifecycle: Sendable {
                 throw ModelError.noFreeSubnet(limit: AddressPlan.subnets.count)
             }
             let now = node.now()
-            let cluster = ClusterLayout.make(
-                spec: spec, subnet: subnet, node: node.name, addresses: node.addresses, now: now)
+            let world = try await PlacementWorld.read(node)
+            let placements = try world.place(PlacementRequest(spec: spec))
+            var cluster = ClusterLayout.make(
+                spec: spec, subnet: subnet, placements: placements, addresses: node.addresses, now: now)
+            try assignNodeAddresses(&cluster)
             let operation = ClusterOperation(
                 id: UUID().uuidString, kind: .create, cluster: spec.name, node: node.name, startedAt: now)
             var random = SystemRandomNumberGenerator()
             let secrets = ClusterSecrets.make(for: cluster.vms, using: &random)
             do {
-                try await catalog.beginCreate(cluster, secrets: secrets, operation: operation)
+                try await catalog.beginCreate(
+                    cluster, secrets: secrets, operation: operation, commitments: world.commitments(for: cluster))
                 return (cluster, operation, secrets)
-            } catch .conflict {
-                tried.insert(subnet)
+            } catch .conflict(let key) {
+                if key == catalog.subnetKey(subnet) { tried.insert(subnet) }
             }
         }
         throw DaemonError.conflict("could not claim a network for '\(spec.name)': too many concurrent creates; retry")
+    }
+
+    /// On several nodes, every node hosting one of the VMs gets its own address on the
+    /// cluster network, kept for the nodes that keep hosting it. A single node without an
+    /// underlay holds the gateway address instead.
+    func assignNodeAddresses(_ cluster: inout VirtualCluster) throws(ModelError) {
+        guard node.configuration.network.underlay != nil else { return }
+        cluster.network.nodeAddresses = try node.addresses.nodeAddresses(
+            subnet: cluster.network.subnet, nodes: Set(cluster.vms.map(\.node)), keeping: cluster.network.nodeAddresses)
     }
 
     /// A libvirt domain or an iSCSI target with one of the new VMs' names would be taken
@@ -310,14 +323,13 @@ public struct ClusterLifecycle: Sendable {
             }
             operation = ClusterOperation(
                 id: UUID().uuidString, kind: kind, cluster: name, node: node.name, startedAt: node.now())
-            if found.value.state == .suspended && state != .destroying {
-                // A suspended cluster commits no memory; leaving that state, it must fit,
-                // checked and recorded as one step. Every other transition only frees memory.
+            if kind == .resume {
+                // A suspended cluster commits no memory; leaving that state, it is placed
+                // again (on any live node), checked and recorded as one step. Every other
+                // transition only frees memory.
                 cluster = try await node.admission.admit { () async throws in
                     try await admissionDelay()
-                    try node.capacity.admit(
-                        found.value.spec, committedMiB: try await node.committedMemoryMiB(excluding: name))
-                    return try await catalog.begin(operation, on: found, state: state, now: node.now())
+                    return try await replace(found, operation: operation, state: state)
                 }
             } else {
                 cluster = try await catalog.begin(operation, on: found, state: state, now: node.now())
@@ -337,6 +349,56 @@ public struct ClusterLifecycle: Sendable {
             throw .unavailable(Self.stoppingMessage)
         }
         return stream
+    }
+
+    /// Places a cluster's VMs for a resume and opens the operation in one transaction. A VM
+    /// keeps its node while that node is ready and has room; every VM that starts afresh
+    /// (all of a suspended cluster, the moved ones of a failed cluster) gets a new
+    /// generation, and so an initiator name never admitted before.
+    private func replace(_ found: Versioned<VirtualCluster>, operation: ClusterOperation, state: ClusterState)
+        async throws -> Versioned<VirtualCluster>
+    {
+        var current = found
+        for _ in 0..<8 {
+            let world = try await PlacementWorld.read(node)
+            let keep = Dictionary(
+                current.value.vms.filter { world.state(of: $0.node) != .dead }.map { ($0.name, $0.node) },
+                uniquingKeysWith: { a, _ in a })
+            let placements = try world.place(PlacementRequest(spec: current.value.spec, keep: keep))
+            var placed = current.value
+            let fresh = current.value.state == .suspended
+            for i in placed.vms.indices {
+                let target = placements[placed.vms[i].name] ?? placed.vms[i].node
+                if fresh || target != placed.vms[i].node {
+                    placed.vms[i].node = target
+                    placed.vms[i].generation += 1
+                }
+            }
+            try assignNodeAddresses(&placed)
+            placed.state = state
+            let commitments = world.commitments(for: placed)
+            let outcome: Result<Versioned<VirtualCluster>, CatalogError>
+            do {
+                outcome = .success(
+                    try await catalog.begin(
+                        operation, on: current, state: state, now: node.now(), placed: placed,
+                        commitments: commitments))
+            } catch {
+                outcome = .failure(error)
+            }
+            switch outcome {
+            case .success(let begun): return begun
+            case .failure(.conflict):
+                // Another placement committed on one of the nodes, or the record changed.
+                guard let again = try await catalog.cluster(found.value.name) else {
+                    throw CatalogError.notFound(kind: "cluster", name: found.value.name)
+                }
+                current = again
+            case .failure(let error): throw error
+            }
+        }
+        throw DaemonError.conflict(
+            "could not place '\(found.value.name)': too many concurrent creates and resumes; retry")
     }
 
     func runDestroy(
@@ -447,17 +509,12 @@ public struct ClusterLifecycle: Sendable {
                 throw CatalogError.notFound(kind: "cluster", name: name)
             }
             let operation = try await catalog.operation(name)
-            let states = try await node.hypervisor.run { conn in
-                try cluster.vms.map { vm -> String in
-                    guard let d = try conn.domain(named: vm.name) else { return "missing" }
-                    return try d.state().rawValue
-                }
-            }
-            let vms = zip(cluster.vms, states).map { vm, state in
-                let saved = node.pool.exists(vm.saveFile)
+            let states = await domainStates(cluster)
+            let vms = cluster.vms.map { vm in
+                let state = states[vm.name] ?? "unknown"
                 return VMStatus(
                     name: vm.name, ip: vm.ip, mac: vm.mac, node: vm.node,
-                    domain: saved && state == "shutoff" ? "saved" : state,
+                    domain: cluster.state == .suspended && (state == "shutoff" || state == "missing") ? "saved" : state,
                     disk: vm.diskIQN)
             }
             return ClusterStatus(cluster: cluster, vms: vms, operation: operation)
@@ -466,11 +523,57 @@ public struct ClusterLifecycle: Sendable {
         }
     }
 
+    /// Each VM's domain state, asked of the node it is placed on; "unknown" where that node
+    /// is down or does not answer.
+    func domainStates(_ cluster: VirtualCluster) async -> [String: String] {
+        let byNode = Dictionary(grouping: cluster.vms, by: \.node)
+        return await withTaskGroup(of: [String: String].self) { group in
+            for (host, vms) in byNode {
+                group.addTask {
+                    let names = vms.map(\.name)
+                    do {
+                        if host == node.name {
+                            return try await node.hypervisor.run { conn in
+                                var out: [String: String] = [:]
+                                for name in names {
+                                    out[name] =
+                                        try conn.domain(named: name).map { try $0.state().rawValue } ?? "missing"
+                                }
+                                return out
+                            }
+                        }
+                        guard let record = try await node.liveNode(host) else {
+                            return Dictionary(
+                                uniqueKeysWithValues: names.map { ($0, "unknown (node \(host) is down)") })
+                        }
+                        return try await node.peers.domainStates(names, on: record)
+                    } catch {
+                        node.logger.warning(
+                            "cannot read domain states", metadata: ["node": "\(host)", "error": "\(error)"])
+                        return [:]
+                    }
+                }
+            }
+            var all: [String: String] = [:]
+            for await part in group { all.merge(part) { a, _ in a } }
+            return all
+        }
+    }
+
     /// The serial console of a VM from `offset` on.
     public func console(vm: String, offset: UInt64) async throws(DaemonError) -> (bytes: [UInt8], next: UInt64) {
         do {
             let cluster = try await catalog.clusters().map(\.value).first { $0.vms.contains { $0.name == vm } }
             guard let cluster else { throw DaemonError.notFound("no VM named '\(vm)'; see 'vc cluster show CLUSTER'") }
+            if let host = cluster.vms.first(where: { $0.name == vm })?.node, host != node.name {
+                // The console file is on the node that runs the VM.
+                guard let record = try await node.liveNode(host) else {
+                    throw DaemonError.unavailable("node \(host), which runs \(vm), is down")
+                }
+                let (bytes, header) = try await node.peers.client(record).raw(
+                    "/\(API.version)/vms/\(vm)/console?offset=\(offset)", header: "X-Console-Offset")
+                return (bytes, header.flatMap(UInt64.init) ?? offset)
+            }
             let path = node.consolePath(cluster: cluster.name, vm: vm)
             guard let handle = FileHandle(forReadingAtPath: path) else { return ([], offset) }
             defer { try? handle.close() }

@@ -97,9 +97,7 @@ public struct PeerNode: Sendable {
 
     /// Memory promised to clusters whose VMs run (or are about to run) on this node.
     public func committedMemoryMiB(excluding: String? = nil) async throws(CatalogError) -> Int {
-        try await catalog.clusters().map(\.value)
-            .filter { $0.name != excluding && $0.vms.contains { $0.node == name } }
-            .filter { $0.state != .suspended }
-            .reduce(0) { $0 + $1.spec.totalMemoryMiB }
+        CommitmentLedger(clusters: try await catalog.clusters().map(\.value), excluding: excluding).committedMiB(
+            of: name)
     }
 }

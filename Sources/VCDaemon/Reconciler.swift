@@ -39,9 +39,26 @@ public struct Reconciler: Service, CustomStringConvertible {
     /// holds its cluster's lock from before its journal entry is written until after it is
     /// removed, so an entry whose cluster is free here is an orphan.
     func recoverOperations() async {
-        let operations: [ClusterOperation]
+        var operations: [ClusterOperation] = []
         do {
-            operations = try await node.catalog.operations().filter { $0.node == node.name }
+            let live = try await node.catalog.nodes().map(\.name)
+            for operation in try await node.catalog.operations() {
+                if operation.node == node.name {
+                    operations.append(operation)
+                } else if !live.contains(operation.node) {
+                    // Its owner holds no lease any more: one live node (the winner of this
+                    // transaction) finishes or undoes it, so no cluster stays busy forever.
+                    if let moved = try await node.catalog.takeOver(operation, by: node.name) {
+                        node.logger.notice(
+                            "took over the operation of a node that is down",
+                            metadata: [
+                                "cluster": "\(operation.cluster)", "node": "\(operation.node)",
+                                "operation": "\(operation.kind.rawValue)",
+                            ])
+                        operations.append(moved)
+                    }
+                }
+            }
         } catch {
             if !Task.isCancelled {
                 node.logger.error("cannot read the operation journal", metadata: ["error": "\(error)"])

@@ -168,3 +168,26 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
         self.operation = operation
     }
 }
+
+/// One row of `vc node list`: a node the cluster knows, how it stands, and what it holds.
+public struct NodeSummary: Codable, Sendable, Equatable {
+    public var record: NodeRecord
+    public var state: NodeState
+    public var roles: [NodeRole]
+    public var committedMiB: Int
+    public var vms: Int
+    /// Why it was cordoned, when it is.
+    public var cordonReason: String?
+
+    public init(
+        record: NodeRecord, state: NodeState, roles: [NodeRole], committedMiB: Int, vms: Int,
+        cordonReason: String? = nil
+    ) {
+        self.record = record
+        self.state = state
+        self.roles = roles
+        self.committedMiB = committedMiB
+        self.vms = vms
+        self.cordonReason = cordonReason
+    }
+}

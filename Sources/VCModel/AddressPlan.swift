@@ -68,12 +68,20 @@ public enum ClusterLayout {
     public static func make(
         spec: ClusterSpec, subnet: Int, node: String, addresses: AddressPlan, now: Date
     ) -> VirtualCluster {
+        make(spec: spec, subnet: subnet, placements: [:], defaultNode: node, addresses: addresses, now: now)
+    }
+
+    /// With each VM on the node `placements` gives it (`defaultNode` for the rest).
+    public static func make(
+        spec: ClusterSpec, subnet: Int, placements: [String: String], defaultNode: String = "", addresses: AddressPlan,
+        now: Date
+    ) -> VirtualCluster {
         let network = addresses.network(cluster: spec.name, subnet: subnet)
         let vms = (1...spec.vms).map { i in
             let name = Naming.vmName(cluster: spec.name, index: i)
             return VirtualMachine(
                 name: name, index: i, mac: Naming.mac(subnet: subnet, index: i),
-                ip: addresses.address(subnet: subnet, index: i), node: node,
+                ip: addresses.address(subnet: subnet, index: i), node: placements[name] ?? defaultNode,
                 diskIQN: Naming.diskIQN(vm: name), diskFile: "disks/\(spec.name)/\(name).raw",
                 saveFile: "saves/\(spec.name)/\(name).save")
         }

@@ -136,12 +136,16 @@ public struct ClusterPlan: Sendable, Equatable {
     }
 
     /// Resuming: the network, exports and secrets are made sure of (they are gone after a
-    /// host restart), each disk is checked, then each VM restored.
+    /// host restart, and the VMs may be placed on other nodes now), each disk is checked,
+    /// each domain defined where it is placed, then each VM restored.
     public static func resume(_ cluster: VirtualCluster) -> ClusterPlan {
         ClusterPlan(
             shared: [.firewall, .bridge, .overlay, .dhcp],
             machines: cluster.vms.map {
-                [.export(vm: $0.name), .verify(vm: $0.name), .secret(vm: $0.name), .start(vm: $0.name)]
+                [
+                    .export(vm: $0.name), .verify(vm: $0.name), .secret(vm: $0.name), .define(vm: $0.name),
+                    .start(vm: $0.name),
+                ]
             },
             final: cluster.vms.map { .release(vm: $0.name) }
         )

@@ -382,7 +382,7 @@ import VCModel
             let refused = names.filter { results[$0]?.status == 2 }
             #expect(made.count == 1 && refused.count == 1, "\(results)")
             for name in refused {
-                #expect(results[name]?.stderr.contains("not enough memory") == true, "\(results)")
+                #expect(results[name]?.stderr.contains("does not fit") == true, "\(results)")
                 #expect(try await bed.leftovers(of: name, vms: 1, bridge: nil) == [])
             }
             for name in made {
