@@ -35,11 +35,13 @@ public struct DomainDocument: Sendable, Equatable {
     public var consolePath: String
     public var chap: CHAPReference?
     public var sshKeys: [String]
+    /// The other VMs' hostnames, for the guest to reach by name (`peerless.peers=a,b,c`).
+    public var peers: [String]
 
     public init(
         vm: VirtualMachine, cluster: String, vcpus: Int, memoryMiB: Int, bridge: String, portal: ISCSIPortal,
         initiator: String, accelerator: Accelerator.Kind, consolePath: String, chap: CHAPReference? = nil,
-        sshKeys: [String] = []
+        sshKeys: [String] = [], peers: [String] = []
     ) {
         self.vm = vm
         self.cluster = cluster
@@ -52,6 +54,7 @@ public struct DomainDocument: Sendable, Equatable {
         self.consolePath = consolePath
         self.chap = chap
         self.sshKeys = sshKeys
+        self.peers = peers
     }
 
     public var xml: String {
@@ -64,6 +67,7 @@ public struct DomainDocument: Sendable, Equatable {
             } ?? ""
         var oem = ["peerless.hostname=\(vm.name)", "peerless.cluster=\(cluster)"]
         oem += sshKeys.map { "peerless.ssh-key=\($0)" }
+        if !peers.isEmpty { oem.append("peerless.peers=\(peers.joined(separator: ","))") }
         let oemEntries = oem.map { "        <entry>\(e($0))</entry>" }.joined(separator: "\n")
         return """
             <domain type='\(type)'>

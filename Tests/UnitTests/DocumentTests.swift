@@ -16,12 +16,14 @@ import Testing
         diskIQN: "iqn.2026-11.dev.peerless:disk.demo-1", diskFile: "disks/demo/demo-1.raw",
         saveFile: "saves/demo/demo-1.save")
 
-    func document(_ accel: Accelerator.Kind, keys: [String] = [], chap: CHAPReference? = nil) -> DomainDocument {
+    func document(
+        _ accel: Accelerator.Kind, keys: [String] = [], chap: CHAPReference? = nil, peers: [String] = []
+    ) -> DomainDocument {
         DomainDocument(
             vm: vm, cluster: "demo", vcpus: 2, memoryMiB: 512, bridge: "vcbr1", portal: ISCSIPortal(host: "127.0.0.1"),
             initiator: "iqn.2026-11.dev.peerless:node.n1", accelerator: accel,
             consolePath: "/var/lib/peerless/consoles/demo/demo-1.log",
-            chap: chap, sshKeys: keys)
+            chap: chap, sshKeys: keys, peers: peers)
     }
 
     func parse(_ xml: String) throws -> XMLElement {
@@ -74,6 +76,27 @@ import Testing
         #expect(entries.contains("peerless.hostname=demo-1"))
         #expect(entries.contains("peerless.ssh-key=\(key)"))
         #expect(try value(root, "/domain/os/smbios/@mode") == "sysinfo")
+    }
+
+    func oemStrings(_ doc: DomainDocument) throws -> [String] {
+        try parse(doc.xml).nodes(forXPath: "/domain/sysinfo/oemStrings/entry").map { $0.stringValue ?? "" }
+    }
+
+    @Test func peersTravelAsOneOEMStringNextToTheHostname() throws {
+        let entries = try oemStrings(document(.tcg, peers: ["demo-2", "demo-3"]))
+        #expect(entries.contains("peerless.hostname=demo-1"))
+        #expect(entries.filter { $0.hasPrefix("peerless.peers=") } == ["peerless.peers=demo-2,demo-3"])
+    }
+
+    @Test func noPeersNoPeersString() throws {
+        let entries = try oemStrings(document(.tcg))
+        #expect(!entries.contains { $0.hasPrefix("peerless.peers") })
+    }
+
+    @Test func peerNamesAreEscaped() throws {
+        let doc = document(.tcg, peers: ["a<&'\">b", "c"])
+        #expect(doc.xml.contains("<entry>peerless.peers=a&lt;&amp;&apos;&quot;&gt;b,c</entry>"))
+        #expect(try oemStrings(doc).contains("peerless.peers=a<&'\">b,c"))
     }
 
     @Test func chapAddsAnAuthElementReferringToTheSecret() throws {
