@@ -42,6 +42,13 @@ public final class Domain: @unchecked Sendable {
 
     public var isActive: Bool { virDomainIsActive(handle) == 1 }
 
+    /// The domain's UUID as text; a redefinition must carry it, or libvirt refuses it.
+    public var uuid: String? {
+        var buf = [CChar](repeating: 0, count: Int(VIR_UUID_STRING_BUFLEN))
+        guard virDomainGetUUIDString(handle, &buf) == 0 else { return nil }
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// Starts the domain (restoring a managed save image if it has one), optionally with
     /// its vCPUs paused until `resume()`.
     public func start(paused: Bool = false) throws(LibvirtError) {

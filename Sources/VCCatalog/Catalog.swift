@@ -238,6 +238,11 @@ public struct Catalog: Sendable {
         return v?.value
     }
 
+    /// The clusters whose disk secrets exist (key names only; the secrets are not read).
+    public func clustersWithSecrets() async throws(CatalogError) -> Set<String> {
+        Set(try await etcd.list(prefix: "\(prefix)/secrets/").map { String($0.key.split(separator: "/").last ?? "") })
+    }
+
     // MARK: operations
 
     public func operation(_ cluster: String) async throws(CatalogError) -> ClusterOperation? {

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import ServiceLifecycle
 import VCCatalog
@@ -110,99 +111,160 @@ public struct Reconciler: Service, CustomStringConvertible {
         }
     }
 
-    /// One pass over the running clusters with VMs here. Each is worked on under its lock
-    /// and re-read under it, so that a pass never overlaps an operation on the cluster.
+    /// One pass of this node's share of the world: what the catalog wants (`DesiredWorld`)
+    /// and what the node holds in Peerless's name spaces (`ObservedNode`) go into the pure
+    /// `NodePlan`, and its repairs are carried out in its order. A repair of a cluster runs
+    /// under the cluster's lock, after checking no operation holds it meanwhile.
     func reconcile() async {
-        let names: [String]
+        let desired: DesiredWorld
+        let observed: ObservedNode
         do {
-            names = try await node.catalog.clusters().map(\.value)
-                .filter { Self.settled.contains($0.state) && $0.vms.contains { $0.node == node.name } }.map(\.name)
+            desired = try await desiredWorld()
+            observed = try await observe(desired)
         } catch {
             if !Task.isCancelled {
                 node.logger.warning("reconcile skipped", metadata: ["error": "\(DaemonError.from(error))"])
             }
             return
         }
-        // One listing of nftables' tables serves the whole pass.
-        let tables: Set<String>?
-        do {
-            tables = try await ClusterFirewall.loadedTables()
-        } catch {
-            node.logger.warning("cannot list nftables tables", metadata: ["error": "\(error)"])
-            tables = nil
-        }
-        for name in names {
-            guard await node.locks.tryLock(name, as: .repair) else { continue }
+        let repairs = NodePlan.plan(desired: desired, observed: observed)
+        let clusters = Dictionary(desired.clusters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for repair in repairs {
+            guard !Task.isCancelled else { return }
+            if let name = repair.cluster, await !node.locks.tryLock(name, as: .repair) { continue }
             do {
-                if try await node.catalog.operation(name) == nil,
-                    let cluster = try await node.catalog.cluster(name),
-                    Self.settled.contains(cluster.value.state)
-                {
-                    // Whatever its state, a network whose guests may still be up (a
-                    // failed teardown, a suspended cluster's bridge) keeps its boundary.
-                    try await ensureBoundary(cluster.value, tables: tables)
-                    if let secrets = try await node.catalog.secrets(name) {
-                        if cluster.value.state == .running {
-                            try await reconcile(cluster.value, secrets: secrets, tables: tables)
-                        }
-                    } else {
-                        try await close(cluster)
-                    }
-                }
+                node.logger.notice("repair", metadata: ["repair": "\(repair)"])
+                try await apply(repair, clusters: clusters)
             } catch {
                 node.logger.warning(
-                    "reconcile failed", metadata: ["cluster": "\(name)", "error": "\(DaemonError.from(error))"])
+                    "repair failed", metadata: ["repair": "\(repair)", "error": "\(DaemonError.from(error))"])
             }
-            await node.locks.unlock(name)
+            if let name = repair.cluster { await node.locks.unlock(name) }
         }
     }
 
-    /// Re-makes what a running cluster's VMs on this node need, and starts those that stopped.
-    private func reconcile(_ cluster: VirtualCluster, secrets: ClusterSecrets, tables: Set<String>?) async throws {
-        let runner = StepRunner(node: node, cluster: cluster, image: nil, secrets: secrets)
-        try await runner.perform(.bridge)
-        try await runner.perform(.dhcp)
-        // One listing of tgtd's targets for the whole cluster; only missing or altered
-        // exports are made again.
-        let targets = try await node.exporter.targets()
-        for vm in cluster.vms where vm.node == node.name {
-            let exported = targets.first { $0.iqn == vm.diskIQN }
-            // Also a target tgtd lost its CHAP account for: re-made with the account bound
-            // before any initiator, so nobody logs in without the secret meanwhile.
-            let account = Naming.chapUser(vm: vm.name)
-            if !TargetExporter.serves(
-                exported, file: node.pool.path(vm.diskFile), to: [node.initiator], account: account)
-            {
-                node.logger.notice("exporting a disk tgtd lost or altered", metadata: ["vm": "\(vm.name)"])
-                try await runner.perform(.export(vm: vm.name))
-            }
-            let active = try await node.hypervisor.run { try $0.domain(named: vm.name)?.isActive ?? false }
-            if !active {
-                node.logger.notice("starting a VM that should run", metadata: ["vm": "\(vm.name)"])
-                try await runner.perform(.verify(vm: vm.name))
-                if try await node.hypervisor.run({ try $0.domain(named: vm.name) == nil }) {
-                    try await runner.perform(.define(vm: vm.name))
+    private func desiredWorld() async throws -> DesiredWorld {
+        async let clusters = node.catalog.clusters()
+        async let operations = node.catalog.operations()
+        async let withSecrets = node.catalog.clustersWithSecrets()
+        async let live = node.catalog.nodes()
+        var underlays: [String: String] = [:]
+        for record in try await live { if let u = record.underlay { underlays[record.name] = u } }
+        return DesiredWorld(
+            node: node.name, roles: node.configuration.roles, bridgePrefix: node.addresses.bridgePrefix,
+            clusters: try await clusters.map(\.value), busy: Set(try await operations.map(\.cluster)),
+            underlays: underlays, withSecrets: try await withSecrets, poolRoot: node.pool.root)
+    }
+
+    /// Lists what this node holds: domains (compute), targets (storage), bridges, VXLAN
+    /// links, nftables tables and dnsmasqs in Peerless's name spaces.
+    private func observe(_ desired: DesiredWorld) async throws -> ObservedNode {
+        var observed = ObservedNode()
+        if node.has(.compute) {
+            observed.domains = try await node.hypervisor.run { conn in
+                try conn.allDomains().compactMap { d -> ObservedNode.Domain? in
+                    guard let meta = d.metadata(namespace: DomainDocument.metadataNamespace),
+                        let cluster = Self.attribute("cluster", in: meta)
+                    else { return nil }
+                    let xml = (try? d.xmlDescription()) ?? ""
+                    return ObservedNode.Domain(
+                        name: d.name, cluster: cluster, active: d.isActive, paused: (try? d.state()) == .paused,
+                        initiator: Self.attribute("name", in: xml, after: "<iqn "))
                 }
-                try await runner.perform(.start(vm: vm.name))
             }
-            // Also frees one a crash left paused between start and release.
-            try await runner.perform(.release(vm: vm.name))
+        }
+        if node.has(.storage) {
+            observed.targets = try await node.exporter.targets().map {
+                ObservedNode.Target(
+                    iqn: $0.iqn, initiators: Set($0.initiators), account: $0.accounts.first, file: $0.backingFiles.first
+                )
+            }
+        }
+        let prefix = node.addresses.bridgePrefix
+        observed.bridges = Set(await ClusterBridge.subnetsInUseOnHost(bridgePrefix: prefix).map { "\(prefix)\($0)" })
+        for name in await ClusterOverlay.linksOnHost(bridgePrefix: prefix) {
+            let link = ClusterOverlay(
+                network: Self.network(bridge: String(name.dropLast())), local: "", peers: [], logger: node.logger)
+            observed.overlays.append(
+                ObservedNode.Overlay(
+                    name: name, vni: await link.vni() ?? 0, peers: (try? await link.floodPeers()) ?? []))
+        }
+        let tables = try await ClusterFirewall.loadedTables()
+        observed.firewallTables = Set(
+            tables.compactMap { $0.split(separator: " ").last.map(String.init) }.filter { $0.hasPrefix("peerless_") })
+        for bridge in observed.bridges {
+            let server = DHCPServer(
+                table: DHCPTable(network: Self.network(bridge: bridge), vms: [], runDirectory: node.networkDirectory),
+                logger: node.logger)
+            if server.runningPID() != nil { observed.dhcp.insert(bridge) }
+        }
+        for cluster in desired.clusters where cluster.vms.contains(where: { $0.node == node.name }) {
+            let runner = StepRunner(node: node, cluster: cluster, image: nil)
+            if runner.firewall.isCurrent(tables: tables) { observed.currentFirewalls.insert(cluster.network.bridge) }
+        }
+        return observed
+    }
+
+    private func apply(_ repair: Repair, clusters: [String: VirtualCluster]) async throws {
+        switch repair {
+        case .perform(let name, let step):
+            // Re-read under the lock: an operation may have begun since the plan was made.
+            guard try await node.catalog.operation(name) == nil, let cluster = try await node.catalog.cluster(name)
+            else { return }
+            try await StepRunner(node: node, cluster: cluster.value, image: nil).performHere(step)
+        case .close(let name):
+            guard let cluster = try await node.catalog.cluster(name) else { return }
+            try await close(cluster)
+        case .removeDomain(let name):
+            try await node.hypervisor.run { conn in
+                guard let d = try conn.domain(named: name),
+                    d.metadata(namespace: DomainDocument.metadataNamespace) != nil
+                else { return }
+                if d.isActive { try d.destroy() }
+                try d.undefine()
+            }
+        case .removeTarget(let iqn):
+            let vm = String(iqn.dropFirst("\(Naming.iqnPrefix):disk.".count))
+            try await node.exporter.unexport(iqn: iqn, account: Naming.chapUser(vm: vm))
+        case .removeBridge(let name):
+            try await ClusterBridge(network: Self.network(bridge: name), logger: node.logger).remove()
+        case .removeOverlay(let name):
+            try await ClusterOverlay(
+                network: Self.network(bridge: String(name.dropLast())), local: "", peers: [], logger: node.logger
+            ).remove()
+        case .removeFirewall(let bridge):
+            try await ClusterFirewall(
+                boundary: GuestBoundary(network: Self.network(bridge: bridge), vms: []),
+                runDirectory: node.networkDirectory, logger: node.logger
+            ).remove()
+        case .stopDHCP(let bridge):
+            await DHCPServer(
+                table: DHCPTable(network: Self.network(bridge: bridge), vms: [], runDirectory: node.networkDirectory),
+                logger: node.logger
+            ).remove()
         }
     }
 
-    /// States in which no operation works on a cluster and its network may be up.
-    static let settled: Set<ClusterState> = [.running, .suspended, .failed]
+    /// A network known only by its bridge's name: enough to remove what is named after it.
+    static func network(bridge: String) -> ClusterNetwork {
+        ClusterNetwork(subnet: 0, bridge: bridge, cidr: "", gateway: "", prefixLength: 24, domain: "")
+    }
 
-    /// Loads the cluster network's tenant boundary when nftables lost it (a `flush ruleset`
-    /// by another firewall tool) or it is not the one this vcd would make (new services).
-    /// Unknown (nft failed to list) counts as missing.
-    private func ensureBoundary(_ cluster: VirtualCluster, tables: Set<String>?) async throws {
-        let runner = StepRunner(node: node, cluster: cluster, image: nil)
-        guard let tables, runner.firewall.isCurrent(tables: tables) else {
-            node.logger.notice("loading a tenant boundary", metadata: ["cluster": "\(cluster.name)"])
-            try await runner.perform(.firewall)
-            return
+    /// The value of `name='…'` (or `"…"`) in `text`, after `after` when given.
+    static func attribute(_ name: String, in text: String, after: String? = nil) -> String? {
+        var rest = Substring(text)
+        if let after {
+            guard let r = rest.range(of: after) else { return nil }
+            rest = rest[r.upperBound...]
         }
+        for quote in ["'", "\""] {
+            if let r = rest.range(of: "\(name)=\(quote)"),
+                let end = rest[r.upperBound...].firstIndex(of: Character(quote))
+            {
+                return String(rest[r.upperBound..<end])
+            }
+        }
+        return nil
     }
 
     /// A cluster made before every disk had its own CHAP secret: its disks were

@@ -120,7 +120,10 @@ struct StepRunner: Sendable {
         case .bridge:
             try await bridge.ensure()
         case .overlay:
-            if let overlay = try await overlay() { try await overlay.ensure() }
+            // A node that hosts the network alone needs no tunnel (and keeps none).
+            if let overlay = try await overlay() {
+                try await overlay.peers.isEmpty ? overlay.remove() : overlay.ensure()
+            }
         case .dhcp:
             try await dhcp.ensure()
         case .snapshot(let name):
@@ -153,7 +156,16 @@ struct StepRunner: Sendable {
         case .define(let name):
             let xml = document(vm(name), portal: try await storagePortal()).xml
             try makeConsoleDirectory()
-            _ = try await node.hypervisor.run { try $0.define(xml: xml) }
+            _ = try await node.hypervisor.run { conn in
+                // A redefinition (a resume brings a new initiator name) keeps the domain's
+                // UUID: libvirt refuses the same name with another one.
+                if let existing = try conn.domain(named: name), Self.isOurs(existing, cluster: cluster.name),
+                    let uuid = existing.uuid
+                {
+                    return try conn.define(xml: Self.withUUID(xml, uuid))
+                }
+                return try conn.define(xml: xml)
+            }
         case .start(let name):
             try await start(vm(name))
         case .release(let name):
@@ -229,7 +241,7 @@ struct StepRunner: Sendable {
             bridge: cluster.network.bridge, portal: portal, initiator: m.initiator,
             accelerator: node.accelerator.kind, consolePath: node.consolePath(cluster: cluster.name, vm: m.name),
             chap: CHAPReference(user: Naming.chapUser(vm: m.name), secretUsage: Naming.chapSecretUsage(vm: m.name)),
-            sshKeys: cluster.spec.sshKeys)
+            sshKeys: cluster.spec.sshKeys, peers: cluster.vms.map(\.name).filter { $0 != m.name })
     }
 
     /// Starts a VM paused: restores its memory image when it has one (resume), boots it
@@ -339,6 +351,11 @@ struct StepRunner: Sendable {
             if d.isActive { try d.destroy() }
             try d.undefine()
         }
+    }
+
+    static func withUUID(_ xml: String, _ uuid: String) -> String {
+        guard let end = xml.range(of: "</name>") else { return xml }
+        return xml.replacingCharacters(in: end, with: "</name>\n  <uuid>\(uuid)</uuid>")
     }
 
     static func isOurs(_ domain: Domain, cluster: String) -> Bool {

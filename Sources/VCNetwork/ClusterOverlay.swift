@@ -50,6 +50,14 @@ public struct ClusterOverlay: Sendable {
         }
     }
 
+    /// The link's VXLAN network identifier, or nil when it does not exist.
+    public func vni() async -> Int? {
+        guard let out = try? await HostCommand.run("ip", ["-d", "-o", "link", "show", "dev", name]) else { return nil }
+        let fields = out.stdout.split(separator: " ")
+        guard let i = fields.firstIndex(of: "id"), i + 1 < fields.count else { return nil }
+        return Int(fields[i + 1])
+    }
+
     /// Deletes the link. Idempotent.
     public func remove() async throws(NetworkError) {
         guard await HostCommand.succeeds("ip", ["link", "show", "dev", name]) else { return }

@@ -50,14 +50,16 @@ import VCModel
             let golden = try await sh("debugfs", ["-R", "cat /var/lib/peerless/id", "\(bed.poolPath)/images/tiny.raw"])
             #expect(golden.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(golden)")
 
-            // Only the node's initiator, with the disk's own secret, may log in to a VM's target.
+            // Only the incarnation's initiator name, with the disk's own secret, may log in to a VM's target.
             let password = try #require(try await bed.catalogSecrets(name)?.disks[vms[0]])
             let url =
                 "iscsi://\(Naming.chapUser(vm: vms[0]))%\(password)@127.0.0.1:\(bed.iscsiPort)/\(cluster.vms[0].disk)/1"
             let stranger = try await sh("iscsi-inq", ["-i", "iqn.2026-11.dev.example:stranger", url])
             #expect(stranger.status != 0)
             #expect((stranger.stdout + stranger.stderr).contains("Target not found"), "\(stranger)")
-            let owner = try await sh("iscsi-inq", ["-i", bed.initiator, url])
+            // The name of the VM's running incarnation (node, VM, placement generation).
+            let incarnation = try #require(try await bed.catalogCluster(name)?.vms.first?.initiator)
+            let owner = try await sh("iscsi-inq", ["-i", incarnation, url])
             #expect(owner.status == 0, "\(owner)")
             #expect(owner.stdout.contains("DIRECT_ACCESS"))
 

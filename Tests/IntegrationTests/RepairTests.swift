@@ -30,34 +30,43 @@ import VCModel
             let remade = try await bed.vcJSON(ClusterStatus.self, ["cluster", "show", name])
             for vm in remade.vms {
                 let open = try await sh(
-                    "iscsi-inq", ["-i", bed.initiator, "iscsi://127.0.0.1:\(bed.iscsiPort)/\(vm.disk)/1"])
+                    "iscsi-inq",
+                    [
+                        "-i", Naming.initiatorIQN(node: bed.node, vm: vm.name, generation: 1),
+                        "iscsi://127.0.0.1:\(bed.iscsiPort)/\(vm.disk)/1",
+                    ])
                 #expect(open.status != 0, "a re-made target admits a login without the secret: \(open)")
             }
             let accounts = try await bed.tgtadm(["--op", "show", "--mode", "target"]).stdout
             for vm in vms { #expect(accounts.contains(Naming.chapUser(vm: vm)), "\(accounts)") }
 
-            // A target whose ACL lost the node's initiator gets it back; targets that need
+            // A target whose ACL lost its VM's initiator name gets it back; targets that need
             // nothing are left as they are (same tids across passes).
             let settled = try await bed.targets().sorted { $0.tid < $1.tid }
-            // ACL lines naming this node's initiator (not its sessions, listed as I_T nexus).
+            let incarnation = { (iqn: String) in
+                Naming.initiatorIQN(node: bed.node, vm: String(iqn.split(separator: ".").last ?? ""), generation: 1)
+            }
+            let incarnations = Set(vms.map { Naming.initiatorIQN(node: bed.node, vm: $0, generation: 1) })
+            // ACL lines naming the VMs' incarnations (not their sessions, listed as I_T nexus).
             let bindings = {
                 var section = ""
                 var count = 0
                 for line in try await bed.tgtadm(["--op", "show", "--mode", "target"]).stdout.split(separator: "\n") {
                     let text = line.trimmingCharacters(in: .whitespaces)
                     if line.hasPrefix("Target ") || text.hasSuffix("information:") { section = text }
-                    if section == "ACL information:" && text == bed.initiator { count += 1 }
+                    if section == "ACL information:" && incarnations.contains(text) { count += 1 }
                 }
                 return count
             }
             #expect(try await bindings() == 2)
             let unbound = try await bed.tgtadm([
-                "--op", "unbind", "--mode", "target", "--tid", "\(settled[0].tid)", "--initiator-name", bed.initiator,
+                "--op", "unbind", "--mode", "target", "--tid", "\(settled[0].tid)", "--initiator-name",
+                incarnation(settled[0].iqn),
             ])
             #expect(unbound.status == 0, "\(unbound)")
             _ = try await eventually("the ACL to be repaired", timeout: .seconds(60)) {
                 let n = try await bindings()
-                return (n == 2 ? true : nil, "\(n) targets bound to \(bed.initiator)")
+                return (n == 2 ? true : nil, "\(n) targets bound to their incarnation")
             }
             try await Task.sleep(for: .seconds(5))
             #expect(try await bed.targets().sorted { $0.tid < $1.tid }.map(\.tid) == settled.map(\.tid))

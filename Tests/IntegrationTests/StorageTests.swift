@@ -89,9 +89,13 @@ import VCModel
                 let user = Naming.chapUser(vm: vm)
                 func inq(_ credentials: String) async throws -> CommandResult {
                     try await sh(
-                        "iscsi-inq", ["-i", bed.initiator, "iscsi://\(credentials)127.0.0.1:\(bed.iscsiPort)/\(iqn)/1"])
+                        "iscsi-inq",
+                        [
+                            "-i", Naming.initiatorIQN(node: bed.node, vm: vm, generation: 1),
+                            "iscsi://\(credentials)127.0.0.1:\(bed.iscsiPort)/\(iqn)/1",
+                        ])
                 }
-                // The node's own initiator name alone, a wrong secret, or the other VM's: refused.
+                // The incarnation's initiator name alone, a wrong secret, or the other VM's: refused.
                 #expect(try await inq("").status != 0)
                 #expect(try await inq("\(user)%wrong-\(passwords[i])@").status != 0)
                 #expect(try await inq("\(user)%\(passwords[1 - i])@").status != 0)
