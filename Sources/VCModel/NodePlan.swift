@@ -199,111 +199,100 @@ public enum NodePlan {
         let compute = desired.roles.contains(.compute)
         let storage = desired.roles.contains(.storage)
         let names = NameSpace(bridgePrefix: desired.bridgePrefix)
+        let clusters = desired.clusters
 
-        // What the busy clusters own, by name.
+        // One pass over the catalog and one over what the node lists; everything else is a
+        // lookup by name, so a plan costs O(VMs + listed objects) and copies no records.
+        var domainIndex: [String: Int] = .init(minimumCapacity: observed.domains.count)
+        for (d, domain) in observed.domains.enumerated() where domainIndex[domain.name] == nil {
+            domainIndex[domain.name] = d
+        }
+        var domainClaimed = Array(repeating: false, count: observed.domains.count)
+        var targetIndex: [String: Int] = .init(minimumCapacity: observed.targets.count)
+        for (t, target) in observed.targets.enumerated() where names.isDiskTarget(target.iqn) {
+            if targetIndex[target.iqn] == nil { targetIndex[target.iqn] = t }
+        }
+        var targetClaimed = Array(repeating: false, count: observed.targets.count)
+        let overlays = Dictionary(observed.overlays.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+
         var busyVMs: Set<String> = []
-        var busyBridges: Set<String> = []
-        // Clusters with a VM here: the networks this node keeps, the VMs it keeps.
-        var keptBridges: Set<String> = []
-        var placedHere: Set<PlacedVM> = []
-        var vmsHereByCluster: [String: [VirtualMachine]] = [:]
-        for cluster in desired.clusters {
-            if desired.busy.contains(cluster.name) {
-                busyBridges.insert(cluster.network.bridge)
-                for vm in cluster.vms { busyVMs.insert(vm.name) }
+        var protectedBridges: Set<String> = []
+        var targetRemovals: [String] = []
+        var closes: [Repair] = []
+        var makes: [Repair] = []
+        for c in clusters.indices.sorted(by: { clusters[$0].name < clusters[$1].name }) {
+            let cluster = clusters[c]
+            let name = cluster.name
+            if desired.busy.contains(name) {
+                // Its operation owns all of it, whatever the rest of the plan says.
+                protectedBridges.insert(cluster.network.bridge)
+                for vm in cluster.vms {
+                    busyVMs.insert(vm.name)
+                    if let t = targetIndex[vm.diskIQN] { targetClaimed[t] = true }
+                }
                 continue
             }
-            let vmsHere = cluster.vms.filter { $0.node == here }
-            guard !vmsHere.isEmpty else { continue }
-            keptBridges.insert(cluster.network.bridge)
-            for vm in vmsHere { placedHere.insert(PlacedVM(cluster: cluster.name, vm: vm.name)) }
-            vmsHereByCluster[cluster.name] = vmsHere
+            let closed = !desired.withSecrets.contains(name)
+            let hostsHere = cluster.vms.contains { $0.node == here }
+            if hostsHere { protectedBridges.insert(cluster.network.bridge) }
+            if closed && cluster.state != .failed && (storage || hostsHere) { closes.append(.close(cluster: name)) }
+
+            let hosted = hostsHere && compute && settled.contains(cluster.state)
+            if hosted { makes += network(of: cluster, desired: desired, observed: observed, overlays: overlays) }
+            let exports = storage && cluster.state == .running && !closed
+            let runs = hosted && cluster.state == .running && !closed
+            var machines: [Repair] = []
+            for vm in cluster.vms {
+                let t = targetIndex.isEmpty ? nil : targetIndex[vm.diskIQN]
+                if let t {
+                    targetClaimed[t] = true
+                    if closed { targetRemovals.append(vm.diskIQN) }
+                }
+                // Exports before the VMs here start from them.
+                if exports && !serves(t.map { observed.targets[$0] }, vm, desired.poolRoot) {
+                    makes.append(.perform(cluster: name, step: .export(vm: vm.name)))
+                }
+                guard vm.node == here else { continue }
+                var domain: ObservedNode.Domain? = nil
+                if let d = domainIndex[vm.name], observed.domains[d].cluster == name {
+                    domainClaimed[d] = true
+                    domain = observed.domains[d]
+                }
+                if runs { machines += machine(vm, of: name, domain: domain) }
+            }
+            makes += machines
         }
-        let isClosed = { (cluster: VirtualCluster) in !desired.withSecrets.contains(cluster.name) }
 
         var repairs: [Repair] = []
-
-        // Domains placed nowhere here. One whose VM is placed here but whose definition is
-        // of another incarnation goes too, and is made again below.
-        var domains: [PlacedVM: ObservedNode.Domain] = [:]
-        for domain in observed.domains.sorted(by: { $0.name < $1.name }) {
-            guard !desired.busy.contains(domain.cluster), !busyVMs.contains(domain.name) else { continue }
-            let key = PlacedVM(cluster: domain.cluster, vm: domain.name)
-            if placedHere.contains(key) && domains[key] == nil {
-                domains[key] = domain
-            } else {
-                repairs.append(.removeDomain(name: domain.name))
+        // Domains placed nowhere here (one whose metadata names another cluster included).
+        var domainRemovals: [String] = []
+        for (d, domain) in observed.domains.enumerated() where !domainClaimed[d] {
+            if !desired.busy.contains(domain.cluster) && !busyVMs.contains(domain.name) {
+                domainRemovals.append(domain.name)
             }
         }
-
+        repairs += domainRemovals.sorted().map { .removeDomain(name: $0) }
         // Disk targets of no cluster, or of a closed one.
-        let diskTargets = observed.targets.filter { names.isDiskTarget($0.iqn) }
-        if !diskTargets.isEmpty {
-            var known: Set<String> = []
-            var closedOrBusy: [String: Bool] = [:]
-            for cluster in desired.clusters {
-                let busy = desired.busy.contains(cluster.name)
-                let closed = !busy && isClosed(cluster)
-                for vm in cluster.vms {
-                    known.insert(vm.diskIQN)
-                    if busy || closed { closedOrBusy[vm.diskIQN] = closed }
-                }
-            }
-            for target in diskTargets.sorted(by: { $0.iqn < $1.iqn }) {
-                if !known.contains(target.iqn) || closedOrBusy[target.iqn] == true {
-                    repairs.append(.removeTarget(iqn: target.iqn))
-                }
-            }
-        }
-
-        // Closes: by the nodes hosting the cluster's VMs, and by storage nodes.
-        for cluster in desired.clusters.sorted(by: { $0.name < $1.name })
-        where !desired.busy.contains(cluster.name) && isClosed(cluster) && cluster.state != .failed
-            && (storage || cluster.vms.contains { $0.node == here })
-        {
-            repairs.append(.close(cluster: cluster.name))
-        }
-
-        // Per cluster: its network here, its exports if this is a storage node, its VMs here.
-        let targets = storage ? Dictionary(observed.targets.map { ($0.iqn, $0) }, uniquingKeysWith: { a, _ in a }) : [:]
-        let overlays = Dictionary(observed.overlays.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        for cluster in desired.clusters.sorted(by: { $0.name < $1.name }) where !desired.busy.contains(cluster.name) {
-            let name = cluster.name
-            let closed = isClosed(cluster)
-            let hosted = compute && settled.contains(cluster.state) ? vmsHereByCluster[name] : nil
-            if hosted != nil {
-                repairs += network(of: cluster, desired: desired, observed: observed, overlays: overlays)
-            }
-            // Exports before the VMs here start from them.
-            if storage && cluster.state == .running && !closed {
-                for vm in cluster.vms where !serves(targets[vm.diskIQN], vm, poolRoot: desired.poolRoot) {
-                    repairs.append(.perform(cluster: name, step: .export(vm: vm.name)))
-                }
-            }
-            if let hosted, cluster.state == .running && !closed {
-                for vm in hosted {
-                    repairs += machine(vm, of: name, domain: domains[PlacedVM(cluster: name, vm: vm.name)])
-                }
-            }
-        }
+        for (iqn, t) in targetIndex where !targetClaimed[t] { targetRemovals.append(iqn) }
+        repairs += targetRemovals.sorted().map { .removeTarget(iqn: $0) }
+        repairs += closes
+        repairs += makes
 
         // Networks kept by no cluster here, their boundaries last.
-        let protected = keptBridges.union(busyBridges)
         var orphans: Set<String> = []
         orphans.formUnion(observed.bridges.filter(names.isBridge))
         orphans.formUnion(observed.dhcp.filter(names.isBridge))
-        orphans.formUnion(observed.overlays.map(\.name).compactMap(names.bridge(ofOverlay:)))
-        orphans.subtract(protected)
+        orphans.formUnion(observed.overlays.compactMap { names.bridge(ofOverlay: $0.name) })
+        orphans.subtract(protectedBridges)
         for bridge in orphans.sorted(by: NameSpace.bridgeOrder) {
             if observed.dhcp.contains(bridge) { repairs.append(.stopDHCP(bridge: bridge)) }
             let overlay = Naming.overlay(bridge: bridge)
             if overlays[overlay] != nil { repairs.append(.removeOverlay(name: overlay)) }
             if observed.bridges.contains(bridge) { repairs.append(.removeBridge(name: bridge)) }
         }
-        let orphanTables = observed.firewallTables.compactMap(names.bridge(ofTable:)).filter { !protected.contains($0) }
-        for bridge in orphanTables.sorted(by: NameSpace.bridgeOrder) {
-            repairs.append(.removeFirewall(bridge: bridge))
-        }
+        let orphanTables = observed.firewallTables.compactMap(names.bridge(ofTable:))
+            .filter { !protectedBridges.contains($0) }
+        repairs += orphanTables.sorted(by: NameSpace.bridgeOrder).map { .removeFirewall(bridge: $0) }
         return repairs
     }
 
@@ -352,17 +341,10 @@ public enum NodePlan {
     }
 
     /// Whether `target` serves `vm`'s disk to its current incarnation only, behind its account.
-    private static func serves(_ target: ObservedNode.Target?, _ vm: VirtualMachine, poolRoot: String) -> Bool {
-        guard let target else { return false }
-        return target.initiators == [vm.initiator] && target.account == Naming.chapUser(vm: vm.name)
-            && target.file == "\(poolRoot)/\(vm.diskFile)"
+    private static func serves(_ target: ObservedNode.Target?, _ vm: VirtualMachine, _ poolRoot: String) -> Bool {
+        guard let target, target.initiators.count == 1, target.initiators.contains(vm.initiator) else { return false }
+        return target.account == Naming.chapUser(vm: vm.name) && target.file == "\(poolRoot)/\(vm.diskFile)"
     }
-}
-
-/// A VM by its cluster and name, as a domain's metadata names it.
-private struct PlacedVM: Hashable {
-    var cluster: String
-    var vm: String
 }
 
 /// Peerless's names on a node, under one bridge prefix.
@@ -389,7 +371,9 @@ private struct NameSpace {
         return isBridge(bridge) ? bridge : nil
     }
 
-    func isDiskTarget(_ iqn: String) -> Bool { iqn.hasPrefix(Naming.diskIQN(vm: "")) }
+    func isDiskTarget(_ iqn: String) -> Bool { iqn.hasPrefix(Self.diskTargets) }
+
+    private static let diskTargets = Naming.diskIQN(vm: "")
 
     /// Numeric order of subnet indexes under one prefix: shorter names first.
     static func bridgeOrder(_ a: String, _ b: String) -> Bool {
