@@ -101,7 +101,8 @@ let package = Package(
         .executableTarget(name: "vcnode", dependencies: ["VCCommands"]),
 
         .testTarget(
-            name: "UnitTests", dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon", "ISCSI", "Libvirt"]),
+            name: "UnitTests",
+            dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon", "VCNetwork", "ISCSI", "Libvirt"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
