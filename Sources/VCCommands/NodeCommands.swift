@@ -69,7 +69,9 @@ public struct NodeStatusCommand: AsyncParsableCommand {
                     ),
                     (
                         "Pool",
-                        "\(s.pool.path) (\(s.pool.filesystem), \(s.pool.backing)), \(ByteSize.describe(bytes: s.pool.freeBytes)) free of \(ByteSize.describe(bytes: s.pool.sizeBytes))"
+                        s.pool.map {
+                            "\($0.path) (\($0.filesystem), \($0.backing)), \(ByteSize.describe(bytes: $0.freeBytes)) free of \(ByteSize.describe(bytes: $0.sizeBytes))"
+                        } ?? "none here (no storage role: disks are on the storage node)"
                     ),
                     ("Clusters", "\(clusters), \(running)"),
                     ("vcd", "\(r.version), up since \(Render.date(r.startedAt))"),

@@ -188,8 +188,9 @@ struct APIRoutes: Sendable {
     func nodeStatus() async throws -> NodeStatus {
         async let etcd = probe("etcd") { () async throws -> String in
             let n = try await node.catalog.nodes().count
-            return "\(node.configuration.etcd.endpoint), \(n) node(s) registered"
+            return "\(node.configuration.etcd.allEndpoints.joined(separator: ", ")), \(n) node(s) registered"
         }
+        // Each role's daemons only: a storage node runs no libvirtd, a compute node no tgtd.
         async let libvirt = probe("libvirtd") { () async throws -> String in
             let version = try await node.hypervisor.run { try $0.libraryVersion() }
             if let problem = KVMDevice.problem() { throw DaemonError.failed(problem) }
@@ -202,17 +203,22 @@ struct APIRoutes: Sendable {
             }
             return "\(try await node.exporter.targets().count) target(s) on \(portal)"
         }
+        var daemons = [await etcd]
+        if node.has(.compute) { daemons.append(await libvirt) }
+        if node.has(.storage) { daemons.append(await tgt) }
         // A count that could not be taken is nil, never 0: the daemons table says why.
         let clusters = try? await node.catalog.clusters().count
         // Only the domains Peerless made: they carry its metadata element.
-        let running = try? await node.hypervisor.run { conn in
-            try conn.allDomains().filter {
-                $0.isActive && $0.metadata(namespace: DomainDocument.metadataNamespace) != nil
-            }
-            .count
-        }
+        let running =
+            node.has(.compute)
+            ? try? await node.hypervisor.run { conn in
+                try conn.allDomains().filter {
+                    $0.isActive && $0.metadata(namespace: DomainDocument.metadataNamespace) != nil
+                }
+                .count
+            } : 0
         return NodeStatus(
-            record: record(), daemons: await [etcd, libvirt, tgt], pool: try node.pool.status(),
+            record: record(), daemons: daemons, pool: node.has(.storage) ? try node.pool.status() : nil,
             clusters: clusters, runningVMs: running, committedMemoryMiB: try? await node.committedMemoryMiB())
     }
 
@@ -250,7 +256,9 @@ struct APIRoutes: Sendable {
         }
         let body = Data(buffer.readableBytesView)
         do {
-            return try JSONDecoder().decode(T.self, from: body)
+            let decoder = JSONDecoder()
+            decoder.dateDecodingStrategy = .iso8601
+            return try decoder.decode(T.self, from: body)
         } catch {
             throw DaemonError.invalid("invalid request body: \(DecodingProblem.describeJSON(error, body: body))")
         }

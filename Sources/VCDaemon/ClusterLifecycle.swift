@@ -150,15 +150,17 @@ public struct ClusterLifecycle: Sendable {
     /// A libvirt domain or an iSCSI target with one of the new VMs' names would be taken
     /// over by the create, and removed by its rollback: refuse before anything is made.
     private func refuseExistingResources(_ spec: ClusterSpec) async throws {
+        // What this node can see; on other nodes, a leftover of the same name is removed
+        // by their reconciler (it is placed nowhere) and a domain is redefined by the create.
         let names = (1...spec.vms).map { Naming.vmName(cluster: spec.name, index: $0) }
-        let taken = try await node.hypervisor.run { conn in
-            try names.filter { try conn.domain(named: $0) != nil }
-        }
+        let taken =
+            node.has(.compute)
+            ? try await node.hypervisor.run { conn in try names.filter { try conn.domain(named: $0) != nil } } : []
         if let first = taken.first {
             throw DaemonError.conflict("a libvirt domain named '\(first)' already exists; choose another cluster name")
         }
         let iqns = Set(names.map(Naming.diskIQN(vm:)))
-        if let target = try await node.exporter.targets().first(where: { iqns.contains($0.iqn) }) {
+        if node.has(.storage), let target = try await node.exporter.targets().first(where: { iqns.contains($0.iqn) }) {
             throw DaemonError.conflict(
                 "iSCSI target \(target.iqn) already exists on this node; choose another cluster name")
         }

@@ -71,7 +71,8 @@ public struct OperationEvent: Codable, Sendable, Equatable {
 public struct NodeStatus: Codable, Sendable, Equatable {
     public var record: NodeRecord
     public var daemons: [DaemonHealth]
-    public var pool: PoolStatus
+    /// nil on a node without the storage role: its disks are on the storage node.
+    public var pool: PoolStatus?
     /// Counts from etcd (`clusters`, `committedMemoryMiB`) and libvirtd (`runningVMs`);
     /// nil when that daemon did not answer: a failure must never read as an empty node.
     public var clusters: Int?
@@ -79,7 +80,7 @@ public struct NodeStatus: Codable, Sendable, Equatable {
     public var committedMemoryMiB: Int?
 
     public init(
-        record: NodeRecord, daemons: [DaemonHealth], pool: PoolStatus, clusters: Int?, runningVMs: Int?,
+        record: NodeRecord, daemons: [DaemonHealth], pool: PoolStatus?, clusters: Int?, runningVMs: Int?,
         committedMemoryMiB: Int?
     ) {
         self.record = record

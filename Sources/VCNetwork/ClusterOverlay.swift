@@ -35,8 +35,9 @@ public struct ClusterOverlay: Sendable {
             try await ip(
                 "create",
                 [
-                    "link", "add", name, "type", "vxlan", "id", "\(network.vni)", "dstport", "\(Self.port)", "local",
-                    local, "nolearning", "mtu", "\(Self.mtu)",
+                    // Link options (mtu) before `type`: after it, ip reads them as VXLAN's.
+                    "link", "add", name, "mtu", "\(Self.mtu)", "type", "vxlan", "id", "\(network.vni)", "dstport",
+                    "\(Self.port)", "local", local, "nolearning",
                 ])
         }
         try await ip("attach", ["link", "set", "dev", name, "master", network.bridge])

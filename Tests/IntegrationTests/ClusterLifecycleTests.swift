@@ -16,7 +16,7 @@ import VCModel
                 #expect(status.record.accelerator.reason.lowercased().contains("kvm"), "\(status.record.accelerator)")
             }
             #expect(status.daemons.allSatisfy { $0.healthy }, "\(status.daemons)")
-            #expect(status.pool.filesystem == "btrfs")
+            #expect(status.pool?.filesystem == "btrfs")
 
             try await bed.importTiny()
             let name = "lc-\(bed.id)"
