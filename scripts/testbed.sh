@@ -305,14 +305,21 @@ start_holder() { # NODE
   local n=$1 d="$tb/$1" ns
   ns=$(netns_of "$n")
   rm -f "$d/holder.ready"
-  # The copied /run/netns would keep every namespace of the host alive (ours and other
-  # people's) for as long as this node lives: it is unmounted in the node's copy first.
-  # /etc/hosts names every node, so a node's own name resolves (libvirt asks for it).
+  # The node's mount namespace starts as a copy of the host's. The host's mounts under the
+  # directories the node gets its own of are dropped from that copy before the binds: a
+  # bind would only hide them, and hidden they still count. vcd would find the host's
+  # pool mounted at /var/lib/peerless/pool in its mount table, and the copied /run/netns
+  # would keep every network namespace of the host (ours and other people's) alive for
+  # as long as the node lives. /etc/hosts names every node, so a node's own name
+  # resolves (libvirt asks for it).
   env -i PATH="$PATH" HOME=/root LANG=C.UTF-8 \
     setsid nsenter --net="/run/netns/$ns" unshare -m -u --propagation private sh -c '
       set -e
       hostname "$1"
-      if mountpoint -q /run/netns; then umount -R -l /run/netns; fi
+      for target in '"$bind_targets"'; do
+        awk -v t="$target" '"'"'$5 == t || index($5, t "/") == 1 { print length($5), $5 }'"'"' /proc/self/mountinfo |
+          sort -rn | while read -r _ m; do umount -l "$m"; done
+      done
       mount --bind "$2/run" /run
       mount --bind "$2/etc" /etc/libvirt
       mount --bind "$2/lib" /var/lib/libvirt
@@ -468,7 +475,7 @@ cmd_up() {
 }
 
 cmd_down() {
-  local began=$SECONDS n ns made_run_netns=0
+  local began=$SECONDS n ns pid made_run_netns=0
   [ -f "$tb/made-run-netns" ] && made_run_netns=1
   if [ -d "$tb" ]; then
     local reversed
@@ -476,7 +483,10 @@ cmd_down() {
     # vcd first, on every node at once: it ends its operations at a step boundary.
     # shellcheck disable=SC2086 # one node per word
     stop_daemons 5 vcd $reversed
-    # Domains stopped through libvirt leave no cgroups behind; in parallel, bounded.
+    # Domains stopped through libvirt leave no cgroups behind; in parallel, bounded. Only
+    # these jobs are waited for: the caller's own children (an `up` that failed) may
+    # include holders, which never end by themselves.
+    local jobs=()
     for n in $(compute_nodes); do
       alive "$n" libvirtd || continue
       (for dom in $(timeout 5 nsenter -t "$(pid_of "$n" holder)" -m -u --net="/run/netns/$(netns_of "$n")" \
@@ -484,8 +494,9 @@ cmd_down() {
         timeout 10 nsenter -t "$(pid_of "$n" holder)" -m -u --net="/run/netns/$(netns_of "$n")" \
           virsh -c qemu:///system destroy "$dom" >/dev/null 2>&1 || true
       done) &
+      jobs+=($!)
     done
-    wait
+    for pid in "${jobs[@]}"; do wait "$pid" || true; done
     if alive "$storage" tgtd; then
       # tgtd ignores SIGTERM; this ends it with its targets.
       timeout 5 nsenter -t "$(pid_of "$storage" holder)" -m --net="/run/netns/$(netns_of "$storage")" \
@@ -493,9 +504,11 @@ cmd_down() {
     fi
     # shellcheck disable=SC2086
     stop_daemons 5 libvirtd $reversed &
-    # shellcheck disable=SC2086
-    stop_daemons 5 etcd $reversed &
-    wait
+    jobs=($!)
+    # etcd members one after another: each hands over leadership as it goes, where two
+    # stopping together wait in vain for each other (10 s, seen).
+    for n in $reversed; do stop_daemons 5 etcd "$n"; done
+    wait "${jobs[0]}" || true
     # shellcheck disable=SC2086
     stop_daemons 3 virtlogd $reversed
   fi
