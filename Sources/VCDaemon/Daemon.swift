@@ -93,7 +93,7 @@ public enum Daemon {
             let addresses = try AddressPlan(
                 prefix: configuration.network.prefix, bridgePrefix: configuration.network.bridgePrefix)
             let catalog = Catalog(
-                etcd: EtcdClient(endpoint: configuration.etcd.allEndpoints[0]), prefix: configuration.etcd.prefix)
+                etcd: EtcdClient(endpoints: configuration.etcd.allEndpoints), prefix: configuration.etcd.prefix)
             _ = try await catalog.nodes()
 
             // A storage-only node runs no VMs and needs no libvirtd; a compute-only node

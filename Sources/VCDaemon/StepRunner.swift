@@ -156,15 +156,15 @@ struct StepRunner: Sendable {
         case .define(let name):
             let xml = document(vm(name), portal: try await storagePortal()).xml
             try makeConsoleDirectory()
+            let derived = Naming.domainUUID(
+                cluster: cluster.name, vm: name, createdAt: Int64(cluster.createdAt.timeIntervalSince1970))
             _ = try await node.hypervisor.run { conn in
-                // A redefinition (a resume brings a new initiator name) keeps the domain's
-                // UUID: libvirt refuses the same name with another one.
-                if let existing = try conn.domain(named: name), Self.isOurs(existing, cluster: cluster.name),
-                    let uuid = existing.uuid
-                {
-                    return try conn.define(xml: Self.withUUID(xml, uuid))
+                // One UUID on every node (a memory image restores only onto its own), and a
+                // redefinition keeps the one it has: libvirt refuses a name with another.
+                let existing = try conn.domain(named: name).flatMap {
+                    Self.isOurs($0, cluster: cluster.name) ? $0 : nil
                 }
-                return try conn.define(xml: xml)
+                return try conn.define(xml: Self.withUUID(xml, existing?.uuid ?? derived))
             }
         case .start(let name):
             try await start(vm(name))

@@ -29,6 +29,30 @@ public enum Naming {
         "\(iqnPrefix):node.\(node).vm.\(vm).g\(generation)"
     }
 
+    /// The libvirt UUID of a VM's domain: the same on every node that defines it, so that a
+    /// memory image saved on one node restores onto the definition made on another.
+    /// Derived from the cluster's creation time too, so a cluster made again under the
+    /// same name gets new ones.
+    public static func domainUUID(cluster: String, vm: String, createdAt: Int64) -> String {
+        let text = Array("peerless/\(cluster)/\(vm)/\(createdAt)".utf8)
+        func fnv(_ seed: UInt64) -> UInt64 {
+            var h = seed
+            for b in text {
+                h ^= UInt64(b)
+                h = h &* 0x100_0000_01b3
+            }
+            return h
+        }
+        var hi = fnv(0xcbf2_9ce4_8422_2325)
+        var lo = fnv(0x8422_2325_cbf2_9ce4)
+        // RFC 9562 version 8 (custom), variant 10.
+        hi = (hi & ~0xf000) | 0x8000
+        lo = (lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000
+        let h = String(hi, radix: 16).leftPadded(16)
+        let l = String(lo, radix: 16).leftPadded(16)
+        return "\(h.prefix(8))-\(h.dropFirst(8).prefix(4))-\(h.suffix(4))-\(l.prefix(4))-\(l.suffix(12))"
+    }
+
     /// The VXLAN link that joins a cluster bridge to the same bridge on the other nodes.
     /// Outside the bridge's tap name space (`BRIDGEv…`), within Linux's 15 bytes.
     public static func overlay(bridge: String) -> String { "\(bridge)x" }
@@ -114,4 +138,10 @@ public enum NameRule {
 
     private static func isLower(_ b: UInt8) -> Bool { b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z") }
     private static func isDigit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }
+}
+
+extension String {
+    fileprivate func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
 }

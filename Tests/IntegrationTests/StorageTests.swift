@@ -32,7 +32,7 @@ import VCModel
     @Test(.timeLimit(.minutes(5)))
     func xfsPoolClonesCarryASmallCopyOnWriteExtentHint() async throws {
         try await Testbed.with(poolFilesystem: "xfs") { bed in
-            #expect(try await bed.vcnodeStatus().pool.filesystem == "xfs")
+            #expect(try await bed.vcnodeStatus().pool?.filesystem == "xfs")
             try await bed.importTiny()
             let name = "xfs-\(bed.id)"
             let r = try await bed.vc(["cluster", "create", name, "--image", "tiny", "--vms", "1", "--memory", "128M"])

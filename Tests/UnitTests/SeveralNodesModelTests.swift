@@ -129,3 +129,15 @@ import Testing
         #expect(ClusterOverlay.floodPeers(fdb: fdb) == ["10.99.0.12", "10.99.0.13"])
     }
 }
+
+@Suite struct DomainUUIDTests {
+    @Test func theSameOnEveryNodeAndNewForANewCluster() {
+        let a = Naming.domainUUID(cluster: "web", vm: "web-1", createdAt: 1000)
+        #expect(a == Naming.domainUUID(cluster: "web", vm: "web-1", createdAt: 1000))
+        #expect(a != Naming.domainUUID(cluster: "web", vm: "web-2", createdAt: 1000))
+        #expect(a != Naming.domainUUID(cluster: "web", vm: "web-1", createdAt: 1001))
+        let parts = a.split(separator: "-").map(\.count)
+        #expect(parts == [8, 4, 4, 4, 12], "\(a)")
+        #expect(a.dropFirst(14).first == "8")
+    }
+}
