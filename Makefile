@@ -7,7 +7,7 @@ SHELL := /bin/bash
 # The toolchain lives in /opt/swift on these machines; make it found without a login shell.
 export PATH := $(if $(wildcard /opt/swift/usr/bin),/opt/swift/usr/bin:,)$(PATH)
 
-.PHONY: setup daemons build images debian-image demo test unit-test integration-test lint bench stop clean-demo
+.PHONY: setup daemons build images debian-image demo cluster-demo test unit-test integration-test lint bench stop clean-demo
 
 setup:
 	scripts/setup.sh
@@ -28,6 +28,11 @@ debian-image: setup
 
 demo: daemons build images
 	scripts/demo.sh
+
+# Several nodes on this machine (scripts/testbed.sh): three compute nodes and a storage
+# node, each with its own daemons; a 4-VM cluster created through node 3.
+cluster-demo: setup build images
+	scripts/cluster-demo.sh
 
 lint:
 	swift format lint --strict --recursive Package.swift Sources Tests
