@@ -483,18 +483,19 @@ cmd_down() {
     # vcd first, on every node at once: it ends its operations at a step boundary.
     # shellcheck disable=SC2086 # one node per word
     stop_daemons 5 vcd $reversed
-    # Domains stopped through libvirt leave no cgroups behind; in parallel, bounded. Only
-    # these jobs are waited for: the caller's own children (an `up` that failed) may
-    # include holders, which never end by themselves.
-    local jobs=()
+    # Domains stopped through libvirt leave no cgroups behind. A destroy takes QEMU about
+    # 2 s, so every domain of every node is destroyed at once. Only these jobs are waited
+    # for: the caller's own children (an `up` that failed) may include holders, which
+    # never end by themselves.
+    local jobs=() dom
     for n in $(compute_nodes); do
       alive "$n" libvirtd || continue
-      (for dom in $(timeout 5 nsenter -t "$(pid_of "$n" holder)" -m -u --net="/run/netns/$(netns_of "$n")" \
+      for dom in $(timeout 5 nsenter -t "$(pid_of "$n" holder)" -m -u --net="/run/netns/$(netns_of "$n")" \
         virsh -c qemu:///system list --name 2>/dev/null); do
         timeout 10 nsenter -t "$(pid_of "$n" holder)" -m -u --net="/run/netns/$(netns_of "$n")" \
-          virsh -c qemu:///system destroy "$dom" >/dev/null 2>&1 || true
-      done) &
-      jobs+=($!)
+          virsh -c qemu:///system destroy "$dom" >/dev/null 2>&1 &
+        jobs+=($!)
+      done
     done
     for pid in "${jobs[@]}"; do wait "$pid" || true; done
     if alive "$storage" tgtd; then
