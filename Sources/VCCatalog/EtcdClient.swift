@@ -4,6 +4,7 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
+import Synchronization
 import VCModel
 
 /// What can go wrong talking to the catalog.
@@ -20,6 +21,9 @@ public enum CatalogError: Error, Sendable, CustomStringConvertible {
     case notFound(kind: String, name: String)
     /// An operation already holds the object.
     case busy(cluster: String, operation: ClusterOperation)
+    /// None of several etcd members served the request: `answered` of the `of` members
+    /// could be reached, and `reasons` says what each one did, in the order tried.
+    case noQuorum(answered: Int, of: Int, reasons: String)
 
     public var description: String {
         switch self {
@@ -34,6 +38,13 @@ public enum CatalogError: Error, Sendable, CustomStringConvertible {
         case .notFound(let kind, let name): return "no \(kind) named '\(name)'"
         case .busy(let cluster, let op):
             return "cluster '\(cluster)' is busy: a \(op.kind.rawValue) started by node \(op.node) is in progress"
+        case .noQuorum(let answered, let of, let reasons) where answered * 2 > of:
+            // A majority is up, so the cluster can serve again by itself once it has a leader.
+            return
+                "the catalog has no quorum at the moment: \(answered) of \(of) etcd members can be reached but none served the request (\(reasons)); they may be electing a leader: retry shortly"
+        case .noQuorum(let answered, let of, let reasons):
+            return
+                "the catalog has no quorum: \(answered) of \(of) etcd members can be reached (\(reasons)); running VMs keep running; start the members again"
         }
     }
 }
@@ -50,7 +61,7 @@ extension CatalogError {
     /// exceeded" is ResourceExhausted too, and only an operator ends it.
     public var isRetryable: Bool {
         switch self {
-        case .unreachable: return true
+        case .unreachable, .noQuorum: return true
         case .rejected(_, let status, let message):
             if status == 503 || status == 504 { return true }
             let text = message.lowercased()
@@ -93,16 +104,57 @@ public enum TxnOp: Sendable {
 
 /// A small client for etcd's v3 JSON gateway (`/v3/kv/range`, `/v3/kv/txn`, leases).
 /// gRPC would need a protobuf toolchain; the gateway is part of etcd and stable in 3.4.
+///
+/// Given several members, a request goes to the preferred one first and, when that one
+/// cannot be reached or says it cannot serve now (`CatalogError.isRetryable`), to each
+/// other member at most once; the member that answers becomes the preferred one for every
+/// copy of the client. ``EndpointFailover`` decides the order and the time each may take.
+///
+/// Sending a write again to another member after the first one took it and went silent may
+/// apply it twice. That is accepted for what this client sends: a put of the same value and
+/// a delete leave the same state (with one more revision), and a guarded transaction's
+/// compare fails the second time, so it reports `false` although the first one landed
+/// (callers that retry writes recognise their own earlier attempt, see `RetryPolicy`). A
+/// lease grant whose reply was lost is not sent again; one that a member refused with a
+/// retryable error is, and as etcd's "request timed out" may still commit later, that can
+/// leave a second lease that nothing uses: it expires after its TTL, harmless.
 public struct EtcdClient: Sendable {
-    public let endpoint: String
+    /// Every member, in the order given.
+    public let endpoints: [String]
+    /// The whole time a request may take, over every member it is sent to.
     public var timeout: TimeAmount
     private let http: HTTPClient
+    private let preferred: PreferredMember
 
-    public init(endpoint: String, http: HTTPClient = .shared, timeout: TimeAmount = .seconds(5)) {
-        self.endpoint = endpoint.hasSuffix("/") ? String(endpoint.dropLast()) : endpoint
+    /// The HTTP client used unless one is given: a member that is down must cost about a
+    /// second, so connections time out after 1 s and a refused one is not tried again
+    /// (AsyncHTTPClient's default retries until the connect timeout, 90 s for `.shared`).
+    /// It lives as long as the process and is never shut down.
+    public static let failoverHTTPClient = HTTPClient(
+        eventLoopGroup: HTTPClient.defaultEventLoopGroup,
+        configuration: {
+            var configuration = HTTPClient.Configuration(timeout: .init(connect: .seconds(1)))
+            configuration.connectionPool.retryConnectionEstablishment = false
+            return configuration
+        }())
+
+    /// A client for the members at `endpoints` (at least one), tried in the given order at
+    /// first.
+    public init(endpoints: [String], http: HTTPClient = failoverHTTPClient, timeout: TimeAmount = .seconds(5)) {
+        precondition(!endpoints.isEmpty, "an etcd client needs at least one endpoint")
+        self.endpoints = endpoints.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
         self.http = http
         self.timeout = timeout
+        self.preferred = PreferredMember()
     }
+
+    /// A client for one member.
+    public init(endpoint: String, http: HTTPClient = failoverHTTPClient, timeout: TimeAmount = .seconds(5)) {
+        self.init(endpoints: [endpoint], http: http, timeout: timeout)
+    }
+
+    /// The member the next request goes to first: the one that answered last.
+    public var endpoint: String { endpoints[preferred.index] }
 
     public func get(_ key: String) async throws(CatalogError) -> KeyValue? {
         let r: RangeResponse = try await call("/v3/kv/range", ["key": b64(key)])
@@ -141,7 +193,8 @@ public struct EtcdClient: Sendable {
 
     /// Grants a lease; etcd may round the TTL up to its minimum.
     public func grantLease(ttlSeconds: Int) async throws(CatalogError) -> (id: Int64, ttl: Int) {
-        let r: LeaseGrant = try await call("/v3/lease/grant", ["TTL": String(ttlSeconds), "ID": "0"])
+        let r: LeaseGrant = try await call(
+            "/v3/lease/grant", ["TTL": String(ttlSeconds), "ID": "0"], resendingLostReplies: false)
         guard let id = r.id.flatMap(Int64.init), let ttl = r.ttl.flatMap(Int.init) else {
             throw .rejected(endpoint: endpoint, status: 200, message: r.error ?? "lease grant without an ID")
         }
@@ -197,45 +250,234 @@ public struct EtcdClient: Sendable {
         return "\0"
     }
 
-    private func call<R: Decodable>(_ path: String, _ body: [String: Any]) async throws(CatalogError) -> R {
+    private func call<R: Decodable>(
+        _ path: String, _ body: [String: Any], resendingLostReplies: Bool = true
+    ) async throws(CatalogError) -> R {
         let data: Data
         do {
             data = try JSONSerialization.data(withJSONObject: body)
         } catch {
             throw .rejected(endpoint: endpoint, status: 0, message: "request could not be encoded: \(error)")
         }
+        var round = EndpointFailover(
+            endpoints: endpoints, preferred: preferred.index, deadline: .now + Duration(timeout),
+            resendingLostReplies: resendingLostReplies)
+        while let attempt = round.next(now: .now) {
+            if Task.isCancelled { throw .unreachable(endpoint: endpoint, reason: "the request was cancelled") }
+            let endpoint = endpoints[attempt.member]
+            let status: Int
+            let raw: Data
+            switch await send(path, data, to: endpoint, within: attempt.timeout) {
+            case .failed(let outcome):
+                round.failed(outcome)
+                continue
+            case .answered(let s, let r): (status, raw) = (s, r)
+            }
+            if status != 200 {
+                let message =
+                    (try? JSONDecoder().decode(GatewayError.self, from: raw))?.message
+                    ?? String(decoding: raw, as: UTF8.self)
+                let error = CatalogError.rejected(endpoint: endpoint, status: status, message: message)
+                if error.isRetryable {
+                    round.failed(.refused(status: status, message: message))
+                    continue
+                }
+                preferred.index = attempt.member
+                throw error
+            }
+            preferred.index = attempt.member
+            do {
+                return try JSONDecoder().decode(R.self, from: raw)
+            } catch {
+                throw .rejected(endpoint: endpoint, status: status, message: "unexpected answer to \(path): \(error)")
+            }
+        }
+        throw round.error
+    }
+
+    /// What one member made of one request.
+    private enum Reply: Sendable {
+        case answered(status: Int, body: Data)
+        case failed(EndpointFailover.Outcome)
+    }
+
+    /// Sends one request to one member. AsyncHTTPClient's deadline ends at the response
+    /// head; the race bounds the body too, so no member holds a request past `budget`.
+    private func send(_ path: String, _ body: Data, to endpoint: String, within budget: Duration) async -> Reply {
         var request = HTTPClientRequest(url: endpoint + path)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(ByteBuffer(bytes: data))
-        let status: Int
-        let bytes: ByteBuffer
+        request.body = .bytes(ByteBuffer(bytes: body))
+        let (http, prepared) = (self.http, request)
         do {
-            let response = try await http.execute(request, timeout: timeout)
-            status = Int(response.status.code)
-            bytes = try await response.body.collect(upTo: 64 << 20)
+            return try await withThrowingTaskGroup(of: Reply?.self) { group in
+                group.addTask {
+                    let response = try await http.execute(prepared, timeout: TimeAmount(budget))
+                    let bytes = try await response.body.collect(upTo: 64 << 20)
+                    return .answered(status: Int(response.status.code), body: Data(bytes.readableBytesView))
+                }
+                group.addTask {
+                    try await Task.sleep(for: budget + .milliseconds(100))
+                    return nil
+                }
+                let first = try await group.next() ?? nil
+                group.cancelAll()
+                return first ?? .failed(.noReply(reason: "no answer within \(EndpointFailover.seconds(budget))"))
+            }
         } catch {
-            throw .unreachable(endpoint: endpoint, reason: Self.reason(error))
+            return .failed(EndpointFailover.outcome(of: error, budget: budget))
         }
-        let raw = Data(bytes.readableBytesView)
-        guard status == 200 else {
-            let message =
-                (try? JSONDecoder().decode(GatewayError.self, from: raw))?.message
-                ?? String(decoding: raw, as: UTF8.self)
-            throw .rejected(endpoint: endpoint, status: status, message: message)
+    }
+}
+
+/// The index of the member a client prefers, shared by every copy of that client.
+private final class PreferredMember: Sendable {
+    private let value = Mutex(0)
+
+    var index: Int {
+        get { value.withLock { $0 } }
+        set { value.withLock { $0 = newValue } }
+    }
+}
+
+/// How one request is spread over several etcd members: which member is tried next, how
+/// long it may take, and what to throw when none served. A value, so that it is tested
+/// without etcd; `EtcdClient` carries its decisions out.
+struct EndpointFailover: Sendable {
+    /// What one attempt on one member came to, when it did not serve the request.
+    enum Outcome: Sendable, Equatable {
+        /// No connection was made (refused, or not within the connect timeout): the
+        /// request never left, the member is down.
+        case notConnected(reason: String)
+        /// The member may have taken the request but no answer came in its time: it may
+        /// have been applied.
+        case noReply(reason: String)
+        /// The member answered that it cannot serve now (no leader, request timed out, …).
+        case refused(status: Int, message: String)
+    }
+
+    /// The longest a member that is not the last one to try may take. A healthy member
+    /// answers in milliseconds. A follower whose leader has just died waits etcd's own
+    /// request timeout (7 s at the default settings) for a proposal that was lost, while
+    /// the others elect a new leader within one or two election timeouts (1 s here): the
+    /// next member then serves a request sent to it afresh.
+    static let memberTimeout = Duration.seconds(2)
+
+    let endpoints: [String]
+    /// Member indices in the order they are tried.
+    let order: [Int]
+    let deadline: ContinuousClock.Instant
+    /// Whether a request whose reply was lost may go to another member (false for lease
+    /// grants).
+    let resendingLostReplies: Bool
+    /// Each failed attempt, in the order made.
+    private(set) var failures: [(member: Int, outcome: Outcome)] = []
+    private var tried = 0
+    private var stopped = false
+
+    init(endpoints: [String], preferred: Int, deadline: ContinuousClock.Instant, resendingLostReplies: Bool) {
+        self.endpoints = endpoints
+        self.order = Self.order(count: endpoints.count, preferred: preferred)
+        self.deadline = deadline
+        self.resendingLostReplies = resendingLostReplies
+    }
+
+    /// The preferred member first, then the others in the configured order after it.
+    static func order(count: Int, preferred: Int) -> [Int] {
+        guard count > 0 else { return [] }
+        let first = (0..<count).contains(preferred) ? preferred : 0
+        return (0..<count).map { (first + $0) % count }
+    }
+
+    /// The member to send the request to now and how long it may take, or nil when the
+    /// request must end: every member was tried, the time is up, or a reply that was lost
+    /// must not be sent again. Members still to try after this one share what is left; no
+    /// member but the last gets more than `memberTimeout`.
+    mutating func next(now: ContinuousClock.Instant) -> (member: Int, timeout: Duration)? {
+        guard !stopped, tried < order.count else { return nil }
+        let remaining = deadline - now
+        guard remaining > .milliseconds(1) else { return nil }
+        let left = order.count - tried
+        let member = order[tried]
+        tried += 1
+        if left == 1 { return (member, remaining) }
+        return (member, min(remaining / left, Self.memberTimeout))
+    }
+
+    /// Records how the attempt handed out last failed.
+    mutating func failed(_ outcome: Outcome) {
+        guard tried > 0 else { return }
+        failures.append((order[tried - 1], outcome))
+        if case .noReply = outcome, !resendingLostReplies { stopped = true }
+    }
+
+    /// What to throw when the request ended without being served. With one member, or
+    /// when a lost reply stopped the request, it is that attempt's own error, as from a
+    /// client of one member. Otherwise it names every member and what it did.
+    var error: CatalogError {
+        guard let last = failures.last else {
+            return .unreachable(endpoint: endpoints.joined(separator: ", "), reason: "not sent: no time left")
         }
-        do {
-            return try JSONDecoder().decode(R.self, from: raw)
-        } catch {
-            throw .rejected(endpoint: endpoint, status: status, message: "unexpected answer to \(path): \(error)")
+        if endpoints.count == 1 || stopped { return Self.error(endpoints[last.member], last.outcome) }
+        var reasons = failures.map { "\(endpoints[$0.member]): \(Self.reason($0.outcome))" }
+        reasons += order[tried...].map { "\(endpoints[$0]): not tried, no time left" }
+        let answered = failures.filter { if case .notConnected = $0.outcome { false } else { true } }.count
+        if answered == 0 {
+            return .unreachable(endpoint: endpoints.joined(separator: ", "), reason: reasons.joined(separator: "; "))
+        }
+        return .noQuorum(answered: answered, of: endpoints.count, reasons: reasons.joined(separator: "; "))
+    }
+
+    static func error(_ endpoint: String, _ outcome: Outcome) -> CatalogError {
+        switch outcome {
+        case .notConnected(let reason), .noReply(let reason): return .unreachable(endpoint: endpoint, reason: reason)
+        case .refused(let status, let message): return .rejected(endpoint: endpoint, status: status, message: message)
         }
     }
 
-    private static func reason(_ error: any Error) -> String {
+    /// One member's part of the line: what a proxy or the HTTP client says may span lines.
+    static func reason(_ outcome: Outcome) -> String {
+        let text: String
+        switch outcome {
+        case .notConnected(let reason), .noReply(let reason): text = reason
+        case .refused(_, let message): text = message
+        }
+        return text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+            .joined(separator: " ")
+    }
+
+    /// Sorts a failure of the HTTP client: a connection that was never made is
+    /// `notConnected`; anything later, or unknown, may have delivered the request.
+    static func outcome(of error: any Error, budget: Duration) -> Outcome {
+        if let e = error as? HTTPClientError {
+            switch e {
+            case .connectTimeout: return .notConnected(reason: "no connection within the connect timeout")
+            case .deadlineExceeded: return .noReply(reason: "no answer within \(seconds(budget))")
+            case .remoteConnectionClosed: return .noReply(reason: "the connection closed before the answer")
+            default: break
+            }
+        }
+        if let e = error as? ChannelError {
+            switch e {
+            case .connectTimeout: return .notConnected(reason: "no connection within the connect timeout")
+            // The pooled connection of a member that just died: the request was not written.
+            case .ioOnClosedChannel: return .notConnected(reason: "the connection was closed")
+            default: break
+            }
+        }
         let text = "\(error)"
-        if text.contains("connectTimeout") || text.contains("deadlineExceeded") { return "timed out" }
-        if text.lowercased().contains("refused") { return "connection refused" }
-        return text
+        // NIOPosix's NIOConnectionError (every address failed) describes itself so.
+        if text.lowercased().contains("refused") { return .notConnected(reason: "connection refused") }
+        if text.hasPrefix("Connection errors:") || text.hasPrefix("DNS error:") {
+            return .notConnected(reason: text)
+        }
+        return .noReply(reason: text)
+    }
+
+    /// `1.7 s`: a duration as a person reads it in an error.
+    static func seconds(_ d: Duration) -> String {
+        let ms = d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+        return "\(ms / 1000).\(ms % 1000 / 100) s"
     }
 }
 

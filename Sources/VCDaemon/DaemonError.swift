@@ -66,7 +66,7 @@ public enum DaemonError: Error, Sendable, CustomStringConvertible {
             switch e {
             case .alreadyExists, .busy, .conflict: return .conflict(e.description)
             case .notFound: return .notFound(e.description)
-            case .unreachable: return .unavailable(e.description)
+            case .unreachable, .noQuorum: return .unavailable(e.description)
             // etcd electing a leader is a daemon that is briefly down, not a failed request.
             case .rejected: return e.isRetryable ? .unavailable(e.description) : .failed(e.description)
             case .corrupt: return .failed(e.description)
