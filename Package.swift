@@ -106,7 +106,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "VCModel", "ISCSI", "VCStorage", .product(name: "Subprocess", package: "swift-subprocess"),
+                "VCModel", "ISCSI", "VCStorage", "VCCatalog", .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
