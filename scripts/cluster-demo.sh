@@ -19,7 +19,7 @@ wait_seconds=${PEERLESS_DEMO_TIMEOUT:-900}
 fail() { echo "cluster-demo: $*" >&2; exit 1; }
 step() { printf '\n== %s\n' "$*"; }
 
-bin=${PEERLESS_BIN:-$(swift build --show-bin-path)}
+bin=${PEERLESS_BIN:-$(PATH=/opt/swift/usr/bin:$PATH swift build --show-bin-path)}
 for b in vcd vc; do
   [ -x "$bin/$b" ] || fail "no $bin/$b; build first (swift build), or set PEERLESS_BIN"
 done
@@ -27,14 +27,18 @@ done
 export PEERLESS_BIN=$bin
 
 tb=${PEERLESS_TESTBED_DIR:-/var/lib/peerless-testbed}
+owner=$(cat "$tb/owner" 2>/dev/null || true)
+if [ -n "$owner" ] && [ "$owner" != $$ ] && kill -0 "$owner" 2>/dev/null; then
+  fail "the testbed is in use by process $owner ($(tr '\0' ' ' <"/proc/$owner/cmdline" | cut -c1-80)); run the demo when it ends"
+fi
 if [ -e "$tb" ] || ip netns list 2>/dev/null | grep -q '^pl-'; then
-  # The demo's own testbed from an earlier run: the demo starts from nothing each time.
+  # Left by an earlier demo or a killed run: the demo starts from nothing each time.
   echo "cluster-demo: replacing the testbed left at $tb"
   "$testbed" down
 fi
 
 step "testbed: 3 compute nodes and the storage node"
-"$testbed" up 3 || fail "the testbed did not come up (the reason is above)"
+PEERLESS_TESTBED_OWNER=$$ "$testbed" up 3 || fail "the testbed did not come up (the reason is above)"
 eval "$("$testbed" env)"
 
 # vc runs in the hub namespace, which reaches every node, against one node's API.

@@ -383,7 +383,9 @@ start_system_daemons() { # NODE
 vcd_binary() {
   local bin=${PEERLESS_BIN:-}
   if [ -z "$bin" ]; then
-    bin=$(cd "$(dirname "$0")/.." && swift build --show-bin-path)
+    # The toolchain lives in /opt/swift on these machines (as in the Makefile).
+    bin=$(cd "$(dirname "$0")/.." && PATH=/opt/swift/usr/bin:$PATH swift build --show-bin-path) ||
+      die "cannot ask swift build where the binaries are; set PEERLESS_BIN"
   fi
   [ -x "$bin/vcd" ] || die "no vcd binary at $bin/vcd (build it with swift build, or set PEERLESS_BIN)"
   echo "$bin/vcd"
@@ -429,6 +431,9 @@ cmd_up() {
   echo "$storage" >"$tb/nodes"
   for i in $(seq 1 "$count"); do echo "n$i" >>"$tb/nodes"; done
   if [ $with_vcd = 1 ]; then echo "$vcd" >"$tb/vcd-binary"; fi
+  # Who uses the testbed (a test process, the demo), so that another user of this machine
+  # waits for it instead of taking it down: there is room for one testbed only.
+  if [ -n "${PEERLESS_TESTBED_OWNER:-}" ]; then echo "$PEERLESS_TESTBED_OWNER" >"$tb/owner"; fi
 
   # One token for every node: the peers' internal routes and the clients use the same.
   (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$tb/api-token" && echo >>"$tb/api-token")

@@ -7,6 +7,10 @@ import Foundation
 import Testing
 import VCModel
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Which way `partition` cuts a node's links.
 enum PartitionDirection: Sendable {
     /// Nothing in, nothing out.
@@ -51,7 +55,7 @@ final class NodeTestbed: Sendable {
         // A testbed that a killed run left behind would make `up` refuse.
         try await removeLeftover()
         let environment =
-            ["PEERLESS_BIN=\(Build.binDirectory)"]
+            ["PEERLESS_BIN=\(Build.binDirectory)", "PEERLESS_TESTBED_OWNER=\(getpid())"]
             + extra.sorted { $0.key < $1.key }.map {
                 "PEERLESS_TESTBED_EXTRA_\($0.key)=\($0.value)"
             }
@@ -84,9 +88,21 @@ final class NodeTestbed: Sendable {
         try await Self.require(["down"])
     }
 
-    /// Takes down a testbed an earlier run left (or nothing, when there is none).
+    /// Takes down a testbed an earlier run left (or nothing, when there is none). A testbed
+    /// whose owner still runs (another `swift test` on this machine) is waited for instead:
+    /// there is room for one testbed per machine.
     static func removeLeftover() async throws {
+        _ = try await eventually("the testbed's owner to finish", timeout: .seconds(1800), every: .seconds(2)) {
+            guard let owner = owner(), owner != getpid(), Glibc.kill(owner, 0) == 0 else { return (true, "") }
+            return (nil, "process \(owner) (\(commandLine(owner))) uses the testbed")
+        }
         try await require(["down"])
+    }
+
+    /// The process that made the testbed, as `up` recorded it.
+    static func owner() -> Int32? {
+        let text = (try? String(contentsOfFile: "\(directory)/owner", encoding: .utf8)) ?? ""
+        return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
     // MARK: - addresses
