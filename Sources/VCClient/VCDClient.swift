@@ -126,11 +126,10 @@ public struct VCDClient: Sendable {
         var request = HTTPClientRequest(url: base + path)
         request.method = .PUT
         authorize(&request)
-        let chunks = AsyncStream<ByteBuffer> { continuation in
-            while let data = try? handle.read(upToCount: 1 << 20), !data.isEmpty {
-                continuation.yield(ByteBuffer(bytes: data))
-            }
-            continuation.finish()
+        // One chunk per request for more: a memory image is never held whole in memory.
+        let chunks = AsyncThrowingStream<ByteBuffer, any Error> {
+            guard let data = try handle.read(upToCount: 1 << 20), !data.isEmpty else { return nil }
+            return ByteBuffer(bytes: data)
         }
         request.body = .stream(chunks, length: size.map { .known(Int64($0)) } ?? .unknown)
         let response: HTTPClientResponse
@@ -155,7 +154,7 @@ public struct VCDClient: Sendable {
                 let bytes = Array(try await response.body.collect(upTo: 1 << 20).readableBytesView)
                 throw apiError(status: Int(response.status.code), bytes)
             }
-            FileManager.default.createFile(atPath: file, contents: nil, attributes: [.posixPermissions: 0o600])
+            _ = FileManager.default.createFile(atPath: file, contents: nil, attributes: [.posixPermissions: 0o600])
             guard let handle = FileHandle(forWritingAtPath: file) else {
                 throw ClientError.protocolError("cannot write \(file)")
             }

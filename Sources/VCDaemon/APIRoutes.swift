@@ -82,6 +82,7 @@ struct APIRoutes: Sendable {
                 guard let step = Step(description: body.step) else {
                     throw DaemonError.invalid("unknown step '\(body.step)'")
                 }
+                try checkRemote(step, of: body.cluster)
                 let runner = StepRunner(node: node, cluster: body.cluster, image: body.image)
                 try await body.undo ? runner.undoHere(step) : runner.performHere(step)
                 return Done()
@@ -115,7 +116,8 @@ struct APIRoutes: Sendable {
                 let path = try savePath(context)
                 try HostFiles.makeDirectories(HostFiles.parent(path))
                 let partial = path + ".partial"
-                FileManager.default.createFile(atPath: partial, contents: nil, attributes: [.posixPermissions: 0o600])
+                _ = FileManager.default.createFile(
+                    atPath: partial, contents: nil, attributes: [.posixPermissions: 0o600])
                 guard let handle = FileHandle(forWritingAtPath: partial) else {
                     throw DaemonError.failed("cannot write \(partial)")
                 }
@@ -141,6 +143,30 @@ struct APIRoutes: Sendable {
                 rmdir(HostFiles.parent(path))
                 return Done()
             }
+        }
+    }
+
+    /// A step another node sends must be this node's to run, about a VM of the cluster,
+    /// with the disk and image paths the cluster's names give (never a path of the sender's).
+    private func checkRemote(_ step: Step, of cluster: VirtualCluster) throws {
+        try NameRule.checkCluster(cluster.name)
+        for vm in cluster.vms {
+            let expected = ClusterLayout.make(
+                spec: cluster.spec, subnet: cluster.network.subnet, node: vm.node, addresses: node.addresses,
+                now: cluster.createdAt
+            ).vms.first { $0.name == vm.name }
+            guard let expected, expected.diskFile == vm.diskFile, expected.saveFile == vm.saveFile,
+                expected.diskIQN == vm.diskIQN
+            else { throw DaemonError.invalid("VM \(vm.name) of the step's cluster has paths its name does not give") }
+        }
+        let ours: Bool
+        switch step.site {
+        case .storage: ours = node.has(.storage)
+        case .everyHost: ours = node.has(.compute) && cluster.vms.contains { $0.node == node.name }
+        case .vmHost: ours = cluster.vms.contains { $0.name == step.vm && $0.node == node.name }
+        }
+        guard ours else {
+            throw DaemonError.invalid("step '\(step)' of \(cluster.name) is not node \(node.name)'s to run")
         }
     }
 

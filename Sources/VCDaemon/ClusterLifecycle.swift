@@ -363,6 +363,15 @@ public struct ClusterLifecycle: Sendable {
         var current = found
         for _ in 0..<8 {
             let world = try await PlacementWorld.read(node)
+            // Until a dead node is fenced at the storage, its QEMUs may still be writing:
+            // only a suspended cluster (no VM running anywhere) may move off it.
+            if current.value.state != .suspended,
+                let stranded = current.value.vms.first(where: { world.state(of: $0.node) == .dead })
+            {
+                throw DaemonError.conflict(
+                    "\(stranded.name) is placed on node \(stranded.node), which is down; it cannot be started elsewhere until that node is fenced: bring \(stranded.node) back, or destroy the cluster"
+                )
+            }
             let keep = Dictionary(
                 current.value.vms.filter { world.state(of: $0.node) != .dead }.map { ($0.name, $0.node) },
                 uniquingKeysWith: { a, _ in a })
@@ -511,7 +520,7 @@ public struct ClusterLifecycle: Sendable {
                 throw CatalogError.notFound(kind: "cluster", name: name)
             }
             let operation = try await catalog.operation(name)
-            let states = await domainStates(cluster)
+            let states = try await domainStates(cluster)
             let vms = cluster.vms.map { vm in
                 let state = states[vm.name] ?? "unknown"
                 return VMStatus(
@@ -527,23 +536,27 @@ public struct ClusterLifecycle: Sendable {
 
     /// Each VM's domain state, asked of the node it is placed on; "unknown" where that node
     /// is down or does not answer.
-    func domainStates(_ cluster: VirtualCluster) async -> [String: String] {
+    /// This node's own libvirtd not answering is an error (the command says so); another
+    /// node not answering makes its VMs "unknown".
+    func domainStates(_ cluster: VirtualCluster) async throws -> [String: String] {
         let byNode = Dictionary(grouping: cluster.vms, by: \.node)
-        return await withTaskGroup(of: [String: String].self) { group in
-            for (host, vms) in byNode {
+        var all: [String: String] = [:]
+        if let mine = byNode[node.name] {
+            let names = mine.map(\.name)
+            all = try await node.hypervisor.run { conn in
+                var out: [String: String] = [:]
+                for name in names {
+                    out[name] = try conn.domain(named: name).map { try $0.state().rawValue } ?? "missing"
+                }
+                return out
+            }
+        }
+        let others = byNode.filter { $0.key != node.name }
+        let remote = await withTaskGroup(of: [String: String].self) { group in
+            for (host, vms) in others {
                 group.addTask {
                     let names = vms.map(\.name)
                     do {
-                        if host == node.name {
-                            return try await node.hypervisor.run { conn in
-                                var out: [String: String] = [:]
-                                for name in names {
-                                    out[name] =
-                                        try conn.domain(named: name).map { try $0.state().rawValue } ?? "missing"
-                                }
-                                return out
-                            }
-                        }
                         guard let record = try await node.liveNode(host) else {
                             return Dictionary(
                                 uniqueKeysWithValues: names.map { ($0, "unknown (node \(host) is down)") })
@@ -556,10 +569,11 @@ public struct ClusterLifecycle: Sendable {
                     }
                 }
             }
-            var all: [String: String] = [:]
-            for await part in group { all.merge(part) { a, _ in a } }
-            return all
+            var merged: [String: String] = [:]
+            for await part in group { merged.merge(part) { a, _ in a } }
+            return merged
         }
+        return all.merging(remote) { a, _ in a }
     }
 
     /// The serial console of a VM from `offset` on.

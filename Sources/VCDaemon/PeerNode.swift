@@ -60,9 +60,11 @@ public struct PeerNode: Sendable {
     }
 
     /// The node that holds the pool and the targets: this one when it has the role.
+    /// Every node picks the same one (the lowest-named live node with the role), so a
+    /// second storage node never splits the disks between two pools.
     func storageNode() async throws -> NodeRecord {
-        if has(.storage) { return record }
-        let live = try await directory.live().values.filter { $0.has(.storage) }
+        var live = try await directory.live().values.filter { $0.has(.storage) && $0.name != name }
+        if has(.storage) { live.append(record) }
         guard let storage = live.min(by: { $0.name < $1.name }) else {
             throw DaemonError.unavailable(
                 "no storage node is up (no live node has the storage role); start the storage node's vcd")

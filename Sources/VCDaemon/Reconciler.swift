@@ -116,21 +116,35 @@ public struct Reconciler: Service, CustomStringConvertible {
     /// `NodePlan`, and its repairs are carried out in its order. A repair of a cluster runs
     /// under the cluster's lock, after checking no operation holds it meanwhile.
     func reconcile() async {
+        // The node is observed before the catalog is read: whatever an operation made
+        // before the observation, its cluster is in the catalog read after it.
         let desired: DesiredWorld
-        let observed: ObservedNode
+        var observed: ObservedNode
+        let tables: Set<String>
         do {
+            (observed, tables) = try await observe()
             desired = try await desiredWorld()
-            observed = try await observe(desired)
         } catch {
             if !Task.isCancelled {
                 node.logger.warning("reconcile skipped", metadata: ["error": "\(DaemonError.from(error))"])
             }
             return
         }
+        for cluster in desired.clusters where cluster.vms.contains(where: { $0.node == node.name }) {
+            let runner = StepRunner(node: node, cluster: cluster, image: nil)
+            if runner.firewall.isCurrent(tables: tables) { observed.currentFirewalls.insert(cluster.network.bridge) }
+        }
         let repairs = NodePlan.plan(desired: desired, observed: observed)
         let clusters = Dictionary(desired.clusters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        // A removal must still hold against a fresh catalog: an operation that began
+        // since the first read (a resume that placed a VM here) keeps what it made.
+        var removable: Set<Repair> = []
+        if repairs.contains(where: { $0.cluster == nil }), let fresh = try? await desiredWorld() {
+            removable = Set(NodePlan.plan(desired: fresh, observed: observed).filter { $0.cluster == nil })
+        }
         for repair in repairs {
             guard !Task.isCancelled else { return }
+            if repair.cluster == nil && !removable.contains(repair) { continue }
             if let name = repair.cluster, await !node.locks.tryLock(name, as: .repair) { continue }
             do {
                 node.logger.notice("repair", metadata: ["repair": "\(repair)"])
@@ -158,7 +172,7 @@ public struct Reconciler: Service, CustomStringConvertible {
 
     /// Lists what this node holds: domains (compute), targets (storage), bridges, VXLAN
     /// links, nftables tables and dnsmasqs in Peerless's name spaces.
-    private func observe(_ desired: DesiredWorld) async throws -> ObservedNode {
+    private func observe() async throws -> (ObservedNode, Set<String>) {
         var observed = ObservedNode()
         if node.has(.compute) {
             observed.domains = try await node.hypervisor.run { conn in
@@ -198,11 +212,7 @@ public struct Reconciler: Service, CustomStringConvertible {
                 logger: node.logger)
             if server.runningPID() != nil { observed.dhcp.insert(bridge) }
         }
-        for cluster in desired.clusters where cluster.vms.contains(where: { $0.node == node.name }) {
-            let runner = StepRunner(node: node, cluster: cluster, image: nil)
-            if runner.firewall.isCurrent(tables: tables) { observed.currentFirewalls.insert(cluster.network.bridge) }
-        }
-        return observed
+        return (observed, tables)
     }
 
     private func apply(_ repair: Repair, clusters: [String: VirtualCluster]) async throws {

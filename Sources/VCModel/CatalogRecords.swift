@@ -127,7 +127,8 @@ public struct VirtualMachine: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey { case name, index, mac, ip, node, generation, diskIQN, diskFile, saveFile }
 
-    /// Records written before placements had generations start at 1.
+    /// Records written before placements had generations are generation 0, whose
+    /// incarnation still logs in with the node's name (so an upgrade restarts nothing).
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         name = try c.decode(String.self, forKey: .name)
@@ -135,14 +136,17 @@ public struct VirtualMachine: Codable, Sendable, Equatable {
         mac = try c.decode(String.self, forKey: .mac)
         ip = try c.decode(String.self, forKey: .ip)
         node = try c.decode(String.self, forKey: .node)
-        generation = try c.decodeIfPresent(Int.self, forKey: .generation) ?? 1
+        generation = try c.decodeIfPresent(Int.self, forKey: .generation) ?? 0
         diskIQN = try c.decode(String.self, forKey: .diskIQN)
         diskFile = try c.decode(String.self, forKey: .diskFile)
         saveFile = try c.decode(String.self, forKey: .saveFile)
     }
 
     /// The initiator name this incarnation logs in with.
-    public var initiator: String { Naming.initiatorIQN(node: node, vm: name, generation: generation) }
+    public var initiator: String {
+        generation == 0
+            ? Naming.initiatorIQN(node: node) : Naming.initiatorIQN(node: node, vm: name, generation: generation)
+    }
 }
 
 /// The catalog's record of a virtual cluster: desired state plus what was planned for it.

@@ -100,8 +100,9 @@ import Testing
     @Test func createPlanMakesNetworkFirstThenEachVMInOrder() throws {
         let c = try cluster(vms: 2)
         let plan = ClusterPlan.create(c)
-        // The boundary exists before the bridge: no guest is ever on an open network.
-        #expect(plan.shared == [.firewall, .bridge, .dhcp])
+        // The boundary exists before the bridge: no guest is ever on an open network. The
+        // tunnel to the other hosting nodes comes with the bridge, before dnsmasq serves.
+        #expect(plan.shared == [.firewall, .bridge, .overlay, .dhcp])
         #expect(
             plan.machines[1] == [
                 .snapshot(vm: "a-2"), .export(vm: "a-2"), .verify(vm: "a-2"), .secret(vm: "a-2"), .define(vm: "a-2"),
@@ -114,7 +115,7 @@ import Testing
     @Test func teardownUndoesTheCreateBackwardsWithoutChecks() throws {
         let c = try cluster(vms: 2)
         let plan = ClusterPlan.teardown(c)
-        #expect(plan.shared == [.dhcp, .bridge, .firewall])
+        #expect(plan.shared == [.dhcp, .overlay, .bridge, .firewall])
         #expect(
             plan.machines[0] == [
                 .start(vm: "a-1"), .define(vm: "a-1"), .secret(vm: "a-1"), .export(vm: "a-1"), .snapshot(vm: "a-1"),
@@ -123,10 +124,11 @@ import Testing
 
     @Test func resumeRemakesWhatARestartLosesBeforeRestoring() throws {
         let c = try cluster(vms: 1)
-        #expect(ClusterPlan.resume(c).shared == [.firewall, .bridge, .dhcp])
+        #expect(ClusterPlan.resume(c).shared == [.firewall, .bridge, .overlay, .dhcp])
+        // Defined again: the VM may be placed on another node now, with a new initiator name.
         #expect(
             ClusterPlan.resume(c).machines[0] == [
-                .export(vm: "a-1"), .verify(vm: "a-1"), .secret(vm: "a-1"), .start(vm: "a-1"),
+                .export(vm: "a-1"), .verify(vm: "a-1"), .secret(vm: "a-1"), .define(vm: "a-1"), .start(vm: "a-1"),
             ])
         #expect(ClusterPlan.resume(c).final == [.release(vm: "a-1")])
         #expect(ClusterPlan.teardown(c).final.isEmpty)
