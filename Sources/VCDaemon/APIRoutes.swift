@@ -91,7 +91,7 @@ struct APIRoutes: Sendable {
         router.post("\(v)/domains") { request, context in
             try await respond { () async throws -> [String: String] in
                 let body = try await decode(DomainStatesRequest.self, request, context)
-                return try await localDomainStates(body.names)
+                return try await node.domainStates(body.names)
             }
         }
         router.get("\(v)/saves/:cluster/:vm") { _, context in
@@ -178,17 +178,6 @@ struct APIRoutes: Sendable {
         try NameRule.checkCluster(cluster)
         try NameRule.check(vm, kind: "VM", maxLength: NameRule.maxClusterName + 4)
         return node.pool.path("saves/\(cluster)/\(vm).save")
-    }
-
-    /// The libvirt state of each named domain on this node ("missing" when undefined).
-    func localDomainStates(_ names: [String]) async throws -> [String: String] {
-        try await node.hypervisor.run { conn in
-            var out: [String: String] = [:]
-            for name in names {
-                out[name] = try conn.domain(named: name).map { try $0.state().rawValue } ?? "missing"
-            }
-            return out
-        }
     }
 
     /// Every node the cluster knows, with its state, roles and what is placed on it. A node

@@ -534,23 +534,13 @@ public struct ClusterLifecycle: Sendable {
         }
     }
 
-    /// Each VM's domain state, asked of the node it is placed on; "unknown" where that node
-    /// is down or does not answer.
-    /// This node's own libvirtd not answering is an error (the command says so); another
-    /// node not answering makes its VMs "unknown".
+    /// Each VM's domain state, asked of the node it is placed on. This node's own libvirtd
+    /// not answering is an error (the command says so); another node down or not
+    /// answering makes its VMs "unknown".
     func domainStates(_ cluster: VirtualCluster) async throws -> [String: String] {
         let byNode = Dictionary(grouping: cluster.vms, by: \.node)
         var all: [String: String] = [:]
-        if let mine = byNode[node.name] {
-            let names = mine.map(\.name)
-            all = try await node.hypervisor.run { conn in
-                var out: [String: String] = [:]
-                for name in names {
-                    out[name] = try conn.domain(named: name).map { try $0.state().rawValue } ?? "missing"
-                }
-                return out
-            }
-        }
+        if let mine = byNode[node.name] { all = try await node.domainStates(mine.map(\.name)) }
         let others = byNode.filter { $0.key != node.name }
         let remote = await withTaskGroup(of: [String: String].self) { group in
             for (host, vms) in others {

@@ -72,6 +72,18 @@ public struct PeerNode: Sendable {
         return storage
     }
 
+    /// The libvirt state of each named domain on this node ("missing" when undefined): what
+    /// a status shows for the VMs placed here, and what other nodes ask for theirs.
+    func domainStates(_ names: [String]) async throws -> [String: String] {
+        try await hypervisor.run { conn in
+            var out: [String: String] = [:]
+            for name in names {
+                out[name] = try conn.domain(named: name).map { try $0.state().rawValue } ?? "missing"
+            }
+            return out
+        }
+    }
+
     /// A live node's record, or nil when it has no lease.
     func liveNode(_ name: String) async throws -> NodeRecord? {
         if name == self.name { return record }
@@ -80,8 +92,6 @@ public struct PeerNode: Sendable {
 
     public var name: String { configuration.node }
     public var initiator: String { Naming.initiatorIQN(node: name) }
-
-    public var portal: ISCSIPortal { Self.portal(configuration.iscsi.portal) }
 
     static func portal(_ text: String) -> ISCSIPortal {
         let parts = text.split(separator: ":")

@@ -7,10 +7,11 @@ import VCNetwork
 import VCStorage
 
 /// Makes this node's share of the world match the catalog. Each pass first finishes or
-/// undoes the operations of this node that nothing here runs any more (the journal of a
-/// previous vcd, or an operation whose last catalog write failed), then re-makes what a
-/// restart of the host, tgtd or dnsmasq loses: bridges, DHCP servers, exports, and the
-/// VMs of running clusters. A pass runs at start and every `reconcileIntervalSeconds`.
+/// undoes the operations that nothing runs any more (this node's from a previous vcd or a
+/// failed last catalog write, and those of nodes without a lease), then carries out the
+/// repairs of the pure `NodePlan`: what a restart of the host, tgtd or dnsmasq loses is
+/// made again, and what is placed nowhere is removed. A pass runs at start and every
+/// `reconcileIntervalSeconds`.
 public struct Reconciler: Service, CustomStringConvertible {
     public var description: String { "Reconciler" }
     let node: PeerNode
@@ -135,7 +136,6 @@ public struct Reconciler: Service, CustomStringConvertible {
             if runner.firewall.isCurrent(tables: tables) { observed.currentFirewalls.insert(cluster.network.bridge) }
         }
         let repairs = NodePlan.plan(desired: desired, observed: observed)
-        let clusters = Dictionary(desired.clusters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         // A removal must still hold against a fresh catalog: an operation that began
         // since the first read (a resume that placed a VM here) keeps what it made.
         var removable: Set<Repair> = []
@@ -148,7 +148,7 @@ public struct Reconciler: Service, CustomStringConvertible {
             if let name = repair.cluster, await !node.locks.tryLock(name, as: .repair) { continue }
             do {
                 node.logger.notice("repair", metadata: ["repair": "\(repair)"])
-                try await apply(repair, clusters: clusters)
+                try await apply(repair)
             } catch {
                 node.logger.warning(
                     "repair failed", metadata: ["repair": "\(repair)", "error": "\(DaemonError.from(error))"])
@@ -215,7 +215,7 @@ public struct Reconciler: Service, CustomStringConvertible {
         return (observed, tables)
     }
 
-    private func apply(_ repair: Repair, clusters: [String: VirtualCluster]) async throws {
+    private func apply(_ repair: Repair) async throws {
         switch repair {
         case .perform(let name, let step):
             // Re-read under the lock: an operation may have begun since the plan was made.
