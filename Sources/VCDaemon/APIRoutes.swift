@@ -72,8 +72,8 @@ struct APIRoutes: Sendable {
     }
 
     /// What the nodes ask of each other: carry out a plan step, report domain states, keep
-    /// and hand back memory images (storage node). Only on the TCP listener, behind the
-    /// token every node of the cluster shares.
+    /// and hand back memory images, open and close image imports and remove images (storage
+    /// node). Only on the TCP listener, behind the token every node of the cluster shares.
     private func internalRoutes(_ router: Router<BasicRequestContext>) {
         let v = "/\(API.version)/internal"
         router.post("\(v)/steps") { request, context in
@@ -92,6 +92,29 @@ struct APIRoutes: Sendable {
             try await respond { () async throws -> [String: String] in
                 let body = try await decode(DomainStatesRequest.self, request, context)
                 return try await node.domainStates(body.names)
+            }
+        }
+        // Image imports and removals asked of the storage node (see ImageStore).
+        router.post("\(v)/imports/:image") { request, context in
+            try await respond { () async throws -> ImageStore.Grant in
+                let body = try await decode(ImportCall.self, request, context)
+                return try await ImageStore(node: node).open(
+                    try context.parameters.require("image"), for: body.importer)
+            }
+        }
+        router.post("\(v)/imports/:image/close") { request, context in
+            try await respond { () async throws -> Done in
+                let body = try await decode(ImportCall.self, request, context)
+                try await ImageStore(node: node).close(try context.parameters.require("image"), for: body.importer)
+                return Done()
+            }
+        }
+        router.post("\(v)/images/:image/remove") { request, context in
+            try await respond { () async throws -> Done in
+                let body = try await decode(ImageRemoval.self, request, context)
+                try await ImageStore(node: node).remove(
+                    try context.parameters.require("image"), importer: body.importer)
+                return Done()
             }
         }
         router.get("\(v)/saves/:cluster/:vm") { _, context in

@@ -12,8 +12,8 @@ import VCModel
 import VCStorage
 
 /// Assembles a node's vcd: checks the daemons it needs, prepares the pool, decides the
-/// accelerator, and runs the API listeners, the node lease, the reconciler and the
-/// watchdog as one service group that stops gracefully on SIGTERM.
+/// accelerator, and runs the API listeners, the node lease, the reconciler, the sweep of
+/// interrupted imports and the watchdog as one service group that stops gracefully on SIGTERM.
 public enum Daemon {
     public static func run(configuration: DaemonConfiguration, logger: Logger) async throws {
         let lock = try InstanceLock(directory: configuration.stateDirectory)
@@ -58,6 +58,9 @@ public enum Daemon {
                     .init(service: tcp), .init(service: local),
                     .init(service: NodeLease(node: node, record: node.record, readiness: readiness)),
                     .init(service: Reconciler(node: node, lifecycle: lifecycle, images: images)),
+                    .init(
+                        service: ImportSweep(
+                            images: images, intervalSeconds: configuration.reconcileIntervalSeconds)),
                     .init(service: WatchdogService(readiness: readiness)),
                     // Last, so stopped first: see OperationDrain.
                     .init(service: OperationDrain(operations: node.operations)),

@@ -6,11 +6,14 @@ import VCHost
 import VCModel
 import VCStorage
 
-/// Golden images: import through iSCSI into the pool, list, delete.
+/// Golden images: import through iSCSI into the pool, list, delete, from any node.
 ///
-/// An import writes the image through a temporary tgt target with libiscsi, exactly as a
-/// node without the pool mounted would: the storage node's pool is only ever written by
-/// its own tgtd.
+/// The node that takes an import reads the file (the path is on that node) and writes it
+/// over iSCSI into a temporary target of the storage node, exactly as it would write any
+/// disk: the pool is only ever written by the storage node's tgtd. What only the storage
+/// node can do (allocate the file, export and remove the target with its CHAP account,
+/// check free space, remove an image) is `ImageStore`'s, run here on the storage node and
+/// asked through the internal API everywhere else.
 public struct ImageLibrary: Sendable {
     let node: PeerNode
 
@@ -35,17 +38,16 @@ public struct ImageLibrary: Sendable {
             if try await node.catalog.image(request.name) != nil {
                 throw CatalogError.alreadyExists(kind: "image", name: request.name)
             }
-            facts = try await ImageInspector.inspect(request.path)
-            // LUNs are whole 512-byte blocks.
-            let size = (facts.virtualSize + 511) / 512 * 512
-            let free = try node.pool.status().freeBytes
-            guard size < free else {
+            do {
+                facts = try await ImageInspector.inspect(request.path)
+            } catch .unreadable(let path, let reason) {
                 throw DaemonError.invalid(
-                    "image needs \(ByteSize.describe(bytes: size)) but the pool has \(ByteSize.describe(bytes: free)) free"
+                    "cannot read \(path) on node \(node.name): \(reason); the file must be on the node whose vcd takes the import"
                 )
             }
             image = GoldenImage(
-                name: request.name, state: .importing, sourceFormat: facts.format, sizeBytes: size,
+                name: request.name, state: .importing, sourceFormat: facts.format,
+                sizeBytes: ImageImport.lunBytes(virtualSize: facts.virtualSize),
                 file: GoldenImage.file(for: request.name), node: node.name, importedAt: node.now())
             guard await node.locks.tryLock(Self.lockName(request.name), as: .operation) else {
                 throw DaemonError.conflict("image '\(request.name)' is being imported already")
@@ -59,11 +61,26 @@ public struct ImageLibrary: Sendable {
         } catch {
             throw DaemonError.from(error)
         }
+        // Before the stream starts, so a pool without room or a storage node that does not
+        // answer is refused in the request's own answer, and leaves nothing.
+        let grant: ImageStore.Grant
+        do {
+            grant = try await openOnStorage(image.name)
+        } catch {
+            if case .noStorageNode = error {
+                // Nothing was asked of any storage node: only the key is there to remove.
+                try? await node.catalog.deleteImage(image.name)
+            } else {
+                await discard(image)
+            }
+            await node.locks.unlock(Self.lockName(image.name))
+            throw error.reason
+        }
         let (stream, events) = AsyncStream<OperationEvent>.makeStream()
         // Tracked like cluster operations, so a graceful stop waits for the copy instead of
         // shutting the iSCSI threads down under it.
         let started = node.operations.start {
-            await run(image, source: request.path, facts: facts, events: events)
+            await run(image, source: request.path, facts: facts, grant: grant, events: events)
             events.finish()
             await node.locks.unlock(Self.lockName(image.name))
         }
@@ -76,25 +93,21 @@ public struct ImageLibrary: Sendable {
     }
 
     private func run(
-        _ image: GoldenImage, source: String, facts: ImageFacts, events: AsyncStream<OperationEvent>.Continuation
+        _ image: GoldenImage, source: String, facts: ImageFacts, grant: ImageStore.Grant,
+        events: AsyncStream<OperationEvent>.Continuation
     ) async {
-        let iqn = Naming.importIQN(image: image.name)
         let started = ContinuousClock.now
-        // The import target requires CHAP like every other, with a password made for this
-        // import alone and forgotten with its target.
-        var random = SystemRandomNumberGenerator()
-        let chap = CHAPCredentials(
-            user: Naming.chapUser(importing: image.name), password: ClusterSecrets.password(using: &random))
         do {
-            try node.pool.createFile(image.file, size: image.sizeBytes)
-            _ = try await node.exporter.export(
-                iqn: iqn, file: node.pool.path(image.file), initiators: [node.initiator], chap: chap)
             events.yield(OperationEvent(kind: .progress, message: "writing", completed: 0, total: image.sizeBytes))
-            switch facts.format {
-            case "qcow2": try await convertQcow2(source, iqn: iqn, chap: chap, total: image.sizeBytes, events: events)
-            default: try await copyRaw(source, iqn: iqn, chap: chap, length: facts.virtualSize, events: events)
+            if let delay = node.configuration.testing.stepDelayMilliseconds {
+                // Crash tests kill the importing node while its import is open.
+                try await Task.sleep(for: .milliseconds(delay))
             }
-            try await node.exporter.unexport(iqn: iqn, account: chap.user)
+            switch facts.format {
+            case "qcow2": try await convertQcow2(source, grant: grant, total: image.sizeBytes, events: events)
+            default: try await copyRaw(source, grant: grant, length: facts.virtualSize, events: events)
+            }
+            try await closeOnStorage(image.name)
             guard var current = try await node.catalog.image(image.name) else {
                 throw CatalogError.notFound(kind: "image", name: image.name)
             }
@@ -118,7 +131,7 @@ public struct ImageLibrary: Sendable {
     }
 
     private func copyRaw(
-        _ source: String, iqn: String, chap: CHAPCredentials, length: UInt64,
+        _ source: String, grant: ImageStore.Grant, length: UInt64,
         events: AsyncStream<OperationEvent>.Continuation
     ) async throws {
         let fd = open(source, O_RDONLY | O_CLOEXEC)
@@ -127,7 +140,7 @@ public struct ImageLibrary: Sendable {
         // Tell the kernel we read it once, front to back.
         _ = posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_SEQUENTIAL))
         let total = length
-        _ = try await node.iscsi.withSession(node.target(iqn: iqn), chap: chap) { session in
+        _ = try await node.iscsi.withSession(grant.target, chap: grant.chap) { session in
             let capacity = try session.readCapacity()
             var reported: UInt64 = 0
             return try session.copy(fromFile: fd, length: total, blockSize: capacity.blockSize) { done in
@@ -144,14 +157,13 @@ public struct ImageLibrary: Sendable {
     /// password reaches qemu-img through a secret object read from a root-only file, never
     /// on its command line.
     private func convertQcow2(
-        _ source: String, iqn: String, chap: CHAPCredentials, total: UInt64,
-        events: AsyncStream<OperationEvent>.Continuation
+        _ source: String, grant: ImageStore.Grant, total: UInt64, events: AsyncStream<OperationEvent>.Continuation
     ) async throws {
-        let secretFile = importSecretFile(iqn)
-        try HostFiles.write(secretFile, chap.password, mode: 0o600)
+        let secretFile = importSecretFile(grant.iqn)
+        try HostFiles.write(secretFile, grant.password, mode: 0o600)
         defer { unlink(secretFile) }
         let target =
-            "driver=iscsi,transport=tcp,portal=\(node.configuration.iscsi.portal),target=\(iqn),lun=1,initiator-name=\(node.initiator),user=\(chap.user),password-secret=chap"
+            "driver=iscsi,transport=tcp,portal=\(grant.portal),target=\(grant.iqn),lun=1,initiator-name=\(node.initiator),user=\(grant.user),password-secret=chap"
         try await HostCommand.run(
             "qemu-img",
             [
@@ -168,20 +180,17 @@ public struct ImageLibrary: Sendable {
         "\(node.configuration.stateDirectory)/import-\(iqn.split(separator: ":").last ?? "image").secret"
     }
 
-    /// Removes an image's file, temporary target and catalog key. Idempotent. The key goes
-    /// last and only when the file is gone, so that a file is never left without its record.
+    /// Removes an import's secret file here, and its target, account, pool file and catalog
+    /// key on the storage node (the key last, only when the file is gone). Idempotent. When
+    /// the storage node cannot do it now, the key stays and `recover` tries again.
     func discard(_ image: GoldenImage) async {
         unlink(importSecretFile(Naming.importIQN(image: image.name)))
-        try? await node.exporter.unexport(
-            iqn: Naming.importIQN(image: image.name), account: Naming.chapUser(importing: image.name))
-        let file = image.file
         do {
-            try await node.pool.offload { pool throws(StorageError) in try pool.remove(file) }
+            try await removeOnStorage(image.name, importer: image.node)
         } catch {
-            node.logger.error("cannot remove an image's file", metadata: ["file": "\(file)", "error": "\(error)"])
-            return
+            node.logger.error(
+                "cannot remove an image's import yet", metadata: ["image": "\(image.name)", "error": "\(error)"])
         }
-        try? await node.catalog.deleteImage(image.name)
     }
 
     public func delete(_ name: String) async throws(DaemonError) {
@@ -196,21 +205,75 @@ public struct ImageLibrary: Sendable {
                     "image '\(name)' is used by cluster(s) \(users.joined(separator: ", ")); destroy them first")
             }
             guard image.state == .ready else { throw DaemonError.conflict("image '\(name)' is still being imported") }
-            await discard(image)
+            try await removeOnStorage(name, importer: nil)
         } catch {
             throw DaemonError.from(error)
         }
     }
 
-    /// Imports a previous vcd of this node was running cannot be resumed: drop them. An
-    /// import of this vcd holds its image's lock and is left alone.
+    /// Discards the imports nothing will finish: this node's own that no task of this vcd
+    /// runs (a previous vcd's, or one whose discard could not reach the storage node), and,
+    /// on the storage node, those of importers that hold no lease any more.
     func recover() async {
-        guard let images = try? await node.catalog.images() else { return }
-        for image in images where image.state == .importing && image.node == node.name {
+        guard let images = try? await node.catalog.images(), images.contains(where: { $0.state == .importing })
+        else { return }
+        let live = try? await Set(node.catalog.nodes().map(\.name))
+        let isStorageNode = node.has(.storage) ? (try? await node.storageNode().name) == node.name : false
+        for image in ImageImport.orphans(images, node: node.name, isStorageNode: isStorageNode, live: live) {
             guard await node.locks.tryLock(Self.lockName(image.name), as: .operation) else { continue }
-            node.logger.warning("discarding an interrupted import", metadata: ["image": "\(image.name)"])
+            node.logger.warning(
+                "discarding an interrupted import", metadata: ["image": "\(image.name)", "node": "\(image.node)"])
             await discard(image)
             await node.locks.unlock(Self.lockName(image.name))
+        }
+    }
+
+    // MARK: - the storage node's share
+
+    /// Why an import could not be opened: no storage node to ask, or its refusal.
+    private enum OpenFailure: Error {
+        case noStorageNode(DaemonError)
+        case refused(DaemonError)
+
+        var reason: DaemonError {
+            switch self {
+            case .noStorageNode(let e), .refused(let e): return e
+            }
+        }
+    }
+
+    private func openOnStorage(_ image: String) async throws(OpenFailure) -> ImageStore.Grant {
+        let storage: NodeRecord
+        do {
+            storage = try await storageNode()
+        } catch {
+            throw .noStorageNode(error)
+        }
+        do {
+            if storage.name == node.name { return try await ImageStore(node: node).open(image, for: node.name) }
+            return try await node.peers.openImport(image, importer: node.name, on: storage)
+        } catch {
+            throw .refused(error)
+        }
+    }
+
+    private func closeOnStorage(_ image: String) async throws(DaemonError) {
+        let storage = try await storageNode()
+        if storage.name == node.name { return try await ImageStore(node: node).close(image, for: node.name) }
+        try await node.peers.closeImport(image, importer: node.name, on: storage)
+    }
+
+    private func removeOnStorage(_ image: String, importer: String?) async throws(DaemonError) {
+        let storage = try await storageNode()
+        if storage.name == node.name { return try await ImageStore(node: node).remove(image, importer: importer) }
+        try await node.peers.removeImage(image, importer: importer, on: storage)
+    }
+
+    private func storageNode() async throws(DaemonError) -> NodeRecord {
+        do {
+            return try await node.storageNode()
+        } catch {
+            throw DaemonError.from(error)
         }
     }
 

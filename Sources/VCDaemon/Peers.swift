@@ -69,3 +69,70 @@ struct PeerCalls: Sendable {
         }
     }
 }
+
+/// Which node asks the storage node about its import.
+struct ImportCall: Codable, Sendable { var importer: String }
+
+/// An image for the storage node to remove: a ready one (no importer), or the named
+/// node's discarded import.
+struct ImageRemoval: Codable, Sendable { var importer: String? }
+
+extension PeerCalls {
+    /// Asks the storage node to allocate and export an import's file for this node.
+    func openImport(_ image: String, importer: String, on storage: NodeRecord) async throws(DaemonError)
+        -> ImageStore.Grant
+    {
+        do {
+            return try await client(storage).post(
+                "/\(API.version)/internal/imports/\(image)", body: ImportCall(importer: importer),
+                timeout: .seconds(120))
+        } catch {
+            throw Self.refusal(error, by: storage)
+        }
+    }
+
+    /// Asks the storage node to remove an import's target once its write is complete.
+    func closeImport(_ image: String, importer: String, on storage: NodeRecord) async throws(DaemonError) {
+        do {
+            let _: Done = try await client(storage).post(
+                "/\(API.version)/internal/imports/\(image)/close", body: ImportCall(importer: importer),
+                timeout: .seconds(120))
+        } catch {
+            throw Self.refusal(error, by: storage)
+        }
+    }
+
+    /// Asks the storage node to remove an image (`importer` nil) or a discarded import.
+    func removeImage(_ image: String, importer: String?, on storage: NodeRecord) async throws(DaemonError) {
+        do {
+            let _: Done = try await client(storage).post(
+                "/\(API.version)/internal/images/\(image)/remove", body: ImageRemoval(importer: importer),
+                timeout: .seconds(120))
+        } catch {
+            throw Self.refusal(error, by: storage)
+        }
+    }
+
+    /// The storage node's answer as this node's own error: its refusal keeps its kind
+    /// (invalid, conflict, …) and its line; a storage node that does not answer is a daemon
+    /// that is down.
+    static func refusal(_ error: ClientError, by storage: NodeRecord) -> DaemonError {
+        switch error {
+        case .api(let answer, _):
+            let name = "storage node \(storage.name)"
+            let line = answer.message.contains(name) ? answer.message : "\(name): \(answer.message)"
+            switch answer.code {
+            case "invalid": return .invalid(line)
+            case "not-found": return .notFound(line)
+            case "conflict": return .conflict(line)
+            case "unavailable": return .unavailable(line)
+            case "too-large": return .tooLarge(line)
+            default: return .failed(line)
+            }
+        case .unreachable(_, let reason):
+            return .unavailable("storage node \(storage.name) does not answer (\(reason)); start its vcd and try again")
+        case .protocolError, .unauthorized:
+            return .failed("storage node \(storage.name): \(error)")
+        }
+    }
+}

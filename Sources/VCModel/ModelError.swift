@@ -22,6 +22,10 @@ public enum ModelError: Error, Equatable, Sendable, CustomStringConvertible {
     /// the cap on hosting nodes per cluster bound the decision.
     case clusterDoesNotFit(
         cluster: String, vms: Int, memoryMiB: Int, freeMiB: [Int], nodes: Int, minCPUs: Int?, hostLimit: Int?)
+    /// An image is larger than the free space of the storage node's pool.
+    case imageDoesNotFit(image: String, neededBytes: UInt64, freeBytes: UInt64, node: String)
+    /// The storage node was asked to open an import its catalog record does not describe.
+    case importNotOpen(image: String, reason: String)
 
     public var description: String {
         switch self {
@@ -72,6 +76,11 @@ public enum ModelError: Error, Equatable, Sendable, CustomStringConvertible {
             let cap = hostLimit.map { "; one cluster spans at most \($0) nodes" } ?? ""
             return
                 "cluster '\(cluster)' does not fit: needs \(vms) × \(memory) MiB; \(have)\(cap); use fewer VMs or less --memory, or free a node"
+        case .imageDoesNotFit(let image, let needed, let free, let node):
+            return
+                "image '\(image)' needs \(ByteSize.describe(bytes: needed)) but the pool of storage node \(node) has \(ByteSize.describe(bytes: free)) free; delete images no cluster uses (vc image delete) or import a smaller one"
+        case .importNotOpen(let image, let reason):
+            return "the import of image '\(image)' cannot be opened: \(reason); import it again"
         }
     }
 }
