@@ -82,6 +82,10 @@ public struct VCDClient: Sendable {
         return text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// Whether the endpoint is a vcd on this machine (its socket or loopback), which then
+    /// sees the files this process sees.
+    public var isLocal: Bool { endpoint.hasPrefix("unix://") || Self.isLoopback(endpoint) }
+
     static func isLoopback(_ endpoint: String) -> Bool {
         guard let host = URL(string: endpoint)?.host?.lowercased() else { return false }
         return host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")

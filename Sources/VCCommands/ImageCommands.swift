@@ -12,7 +12,8 @@ struct ImageImport: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import", abstract: "Import a raw or qcow2 disk image into the storage pool.",
         discussion:
-            "The file must be readable on the node whose vcd you talk to. It is written into the pool through iSCSI.")
+            "The file must be readable on the node whose vcd you talk to; any node takes an import. It is written into the storage node's pool through iSCSI."
+    )
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Name for the image (lowercase letters, digits, '-').") var name: String
@@ -22,11 +23,13 @@ struct ImageImport: AsyncParsableCommand {
         try await CLI.run {
             try NameRule.checkImage(name)
             let path = URL(fileURLWithPath: file).standardizedFileURL.path
-            guard FileManager.default.isReadableFile(atPath: path) else {
+            let client = try global.client
+            // Another node's vcd reads the path on that node: only it can tell.
+            guard !client.isLocal || FileManager.default.isReadableFile(atPath: path) else {
                 CLI.fail("cannot read \(file): no such readable file", code: 2)
             }
             let view = ProgressView(quiet: global.output == .json)
-            let final = try await global.client.operation(
+            let final = try await client.operation(
                 .post, "/v1/images", body: ImportImageRequest(name: name, path: path)
             ) {
                 view.show($0)
