@@ -43,6 +43,7 @@ public struct Catalog: Sendable {
     public func memberKey(_ name: String) -> String { "\(prefix)/members/\(name)" }
     public func cordonKey(_ name: String) -> String { "\(prefix)/cordons/\(name)" }
     public func commitmentKey(_ node: String) -> String { "\(prefix)/commitments/\(node)" }
+    public func gatewayKey(_ cluster: String) -> String { "\(prefix)/gateways/\(cluster)" }
 
     // MARK: images
 
@@ -218,6 +219,7 @@ public struct Catalog: Sendable {
             success: [
                 .delete(clusterKey(cluster.name)), .delete(subnetKey(cluster.network.subnet)),
                 .delete(secretsKey(cluster.name)), .delete(operationKey(cluster.name)),
+                .delete(gatewayKey(cluster.name)),
             ])
         if ok { return }
         let journal = try await self.operation(cluster.name)
@@ -290,6 +292,36 @@ public struct Catalog: Sendable {
             [.value(operationKey(operation.cluster), equals: try encode(operation)), .absent(nodeKey(operation.node))],
             success: [.put(operationKey(operation.cluster), try encode(moved))])
         return ok ? moved : nil
+    }
+
+    // MARK: gateway addresses
+
+    /// The node holding each cluster's gateway address, by cluster (see
+    /// `GatewayElection`). A key lives under its holder's node lease.
+    public func gatewayHolders() async throws(CatalogError) -> [String: String] {
+        var out: [String: String] = [:]
+        for kv in try await etcd.list(prefix: "\(prefix)/gateways/") {
+            out[String(kv.key.split(separator: "/").last ?? "")] = String(decoding: kv.value, as: UTF8.self)
+        }
+        return out
+    }
+
+    /// Claims a cluster's gateway address for `node` under its lease, if nobody holds it
+    /// and the cluster still exists. True when `node` holds it afterwards.
+    public func claimGateway(_ cluster: String, for node: String, lease: Int64) async throws(CatalogError) -> Bool {
+        let key = gatewayKey(cluster)
+        if try await etcd.txn(
+            [.absent(key), .present(clusterKey(cluster))], success: [.put(key, Array(node.utf8), lease: lease)])
+        {
+            return true
+        }
+        return try await etcd.get(key)?.value == Array(node.utf8)
+    }
+
+    /// Gives up a cluster's gateway address, only if `node` still holds it.
+    public func resignGateway(_ cluster: String, from node: String) async throws(CatalogError) {
+        try await etcd.txn(
+            [.value(gatewayKey(cluster), equals: Array(node.utf8))], success: [.delete(gatewayKey(cluster))])
     }
 
     public func nodes() async throws(CatalogError) -> [NodeRecord] {

@@ -90,6 +90,8 @@ public struct KeyValue: Sendable, Equatable {
 public enum Compare: Sendable {
     /// The key does not exist.
     case absent(String)
+    /// The key exists.
+    case present(String)
     /// The key exists and was last changed at this revision.
     case modRevision(String, equals: Int64)
     /// The key exists and holds exactly this value.
@@ -217,6 +219,8 @@ public struct EtcdClient: Sendable {
         switch c {
         case .absent(let key):
             return ["key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"]
+        case .present(let key):
+            return ["key": b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"]
         case .modRevision(let key, let rev):
             return ["key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": String(rev)]
         case .value(let key, let v):

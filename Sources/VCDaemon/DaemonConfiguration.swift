@@ -99,6 +99,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var stepDelayMilliseconds: Int?
         /// Sleep inside the admission gate (concurrent-admission tests).
         public var admissionDelayMilliseconds: Int?
+        /// SMBIOS OEM strings added to every domain this node defines (isolation tests
+        /// tell the tiny guest what to ping: `peerless.pings=…`).
+        public var guestOEM: [String]?
     }
 
     /// Where the TCP API's bearer token is kept.
@@ -166,7 +169,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         [
             "api.tokenFile", "api.advertise", "network.underlay", "capacity.memoryMiB", "capacity.cpus",
             "testing.failCreateAfterVMs", "testing.failStep",
-            "testing.stepDelayMilliseconds", "testing.admissionDelayMilliseconds",
+            "testing.stepDelayMilliseconds", "testing.admissionDelayMilliseconds", "testing.guestOEM",
         ]
         .contains(path)
     }

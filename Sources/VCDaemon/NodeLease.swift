@@ -3,6 +3,7 @@ import ServiceLifecycle
 import Systemd
 import VCCatalog
 import VCModel
+import VCNetwork
 
 /// Tracks what must hold before systemd hears READY=1: the API listener is bound and the
 /// node's lease is held.
@@ -33,6 +34,13 @@ public actor Readiness {
     }
 }
 
+/// The id of the node lease this vcd holds, nil while it holds none. Keys that must die
+/// with the node (its registration, the gateway addresses it holds) are written under it.
+public actor HeldLease {
+    public private(set) var id: Int64?
+    func set(_ id: Int64?) { self.id = id }
+}
+
 /// The node's registration in the catalog under an etcd lease, renewed at a third of its
 /// TTL. Other nodes (and `vc node list`) see this node exactly as long as the lease lives.
 public struct NodeLease: Service, CustomStringConvertible {
@@ -48,20 +56,27 @@ public struct NodeLease: Service, CustomStringConvertible {
             do {
                 if let id = lease, try await node.catalog.etcd.keepAlive(lease: id) > 0 {
                     await readiness.lease(held: true)
+                    await node.lease.set(id)
                 } else {
+                    await node.lease.set(nil)
                     let granted = try await node.catalog.etcd.grantLease(ttlSeconds: ttl)
                     try await node.catalog.register(record, lease: granted.id)
                     lease = granted.id
                     node.logger.info("node registered", metadata: ["lease": "\(granted.id)", "ttl": "\(granted.ttl)"])
                     await readiness.lease(held: true)
+                    await node.lease.set(granted.id)
                 }
             } catch {
                 if Task.isCancelled { break }
                 node.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
                 await readiness.lease(held: false)
+                await node.lease.set(nil)
+                // Another node may hold this node's gateway addresses before long.
+                await ClusterBridge.releaseGatewaysOnHost(plan: node.addresses, logger: node.logger)
             }
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(Double(ttl) / 3)) }
         }
+        await node.lease.set(nil)
         if let lease { try? await node.catalog.etcd.revoke(lease: lease) }
     }
 }

@@ -24,6 +24,8 @@ public struct PeerNode: Sendable {
     public let admission = AdmissionGate()
     /// The lifecycle operations running here, drained on a graceful stop.
     public let operations = OperationTasks()
+    /// The node lease this vcd holds now, if any (kept by `NodeLease`).
+    public let lease = HeldLease()
     /// The live nodes, as the catalog lists them.
     let directory: NodeDirectory
     /// Calls to the other nodes' vcd.

@@ -10,7 +10,8 @@ import VCStorage
 /// undoes the operations that nothing runs any more (this node's from a previous vcd or a
 /// failed last catalog write, and those of nodes without a lease), then carries out the
 /// repairs of the pure `NodePlan`: what a restart of the host, tgtd or dnsmasq loses is
-/// made again, and what is placed nowhere is removed. A pass runs at start and every
+/// made again, and what is placed nowhere is removed. Last, the gateway addresses of the
+/// networks it serves are settled (`GatewayAddresses`). A pass runs at start and every
 /// `reconcileIntervalSeconds`.
 public struct Reconciler: Service, CustomStringConvertible {
     public var description: String { "Reconciler" }
@@ -155,6 +156,12 @@ public struct Reconciler: Service, CustomStringConvertible {
             }
             if let name = repair.cluster { await node.locks.unlock(name) }
         }
+        guard !Task.isCancelled else { return }
+        let bridges = Set(
+            await ClusterBridge.subnetsInUseOnHost(bridgePrefix: node.addresses.bridgePrefix).map {
+                "\(node.addresses.bridgePrefix)\($0)"
+            })
+        await GatewayAddresses(node: node).settleAll(desired, bridges: bridges)
     }
 
     private func desiredWorld() async throws -> DesiredWorld {
@@ -206,6 +213,12 @@ public struct Reconciler: Service, CustomStringConvertible {
         let tables = try await ClusterFirewall.loadedTables()
         observed.firewallTables = Set(
             tables.compactMap { $0.split(separator: " ").last.map(String.init) }.filter { $0.hasPrefix("peerless_") })
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: node.networkDirectory)) ?? []
+        observed.dhcpFiles = Set(
+            files.compactMap { f -> String? in
+                let bridge = String(f.split(separator: ".").first ?? "")
+                return bridge.hasPrefix(prefix) && f != bridge ? bridge : nil
+            })
         for bridge in observed.bridges {
             let server = DHCPServer(
                 table: DHCPTable(network: Self.network(bridge: bridge), vms: [], runDirectory: node.networkDirectory),

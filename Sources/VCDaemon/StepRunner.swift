@@ -119,6 +119,7 @@ struct StepRunner: Sendable {
             try await firewall.ensure()
         case .bridge:
             try await bridge.ensure()
+            await GatewayAddresses(node: node).settle(cluster)
         case .overlay:
             // A node that hosts the network alone needs no tunnel (and keeps none).
             if let overlay = try await overlay() {
@@ -241,7 +242,8 @@ struct StepRunner: Sendable {
             bridge: cluster.network.bridge, portal: portal, initiator: m.initiator,
             accelerator: node.accelerator.kind, consolePath: node.consolePath(cluster: cluster.name, vm: m.name),
             chap: CHAPReference(user: Naming.chapUser(vm: m.name), secretUsage: Naming.chapSecretUsage(vm: m.name)),
-            sshKeys: cluster.spec.sshKeys, peers: cluster.vms.map(\.name).filter { $0 != m.name })
+            sshKeys: cluster.spec.sshKeys, peers: cluster.vms.map(\.name).filter { $0 != m.name },
+            extraOEM: node.configuration.testing.guestOEM ?? [])
     }
 
     /// Starts a VM paused: restores its memory image when it has one (resume), boots it

@@ -37,11 +37,13 @@ public struct DomainDocument: Sendable, Equatable {
     public var sshKeys: [String]
     /// The other VMs' hostnames, for the guest to reach by name (`peerless.peers=a,b,c`).
     public var peers: [String]
+    /// More SMBIOS OEM strings, after Peerless's own (a testing hook of vcd).
+    public var extraOEM: [String]
 
     public init(
         vm: VirtualMachine, cluster: String, vcpus: Int, memoryMiB: Int, bridge: String, portal: ISCSIPortal,
         initiator: String, accelerator: Accelerator.Kind, consolePath: String, chap: CHAPReference? = nil,
-        sshKeys: [String] = [], peers: [String] = []
+        sshKeys: [String] = [], peers: [String] = [], extraOEM: [String] = []
     ) {
         self.vm = vm
         self.cluster = cluster
@@ -55,6 +57,7 @@ public struct DomainDocument: Sendable, Equatable {
         self.chap = chap
         self.sshKeys = sshKeys
         self.peers = peers
+        self.extraOEM = extraOEM
     }
 
     public var xml: String {
@@ -68,6 +71,7 @@ public struct DomainDocument: Sendable, Equatable {
         var oem = ["peerless.hostname=\(vm.name)", "peerless.cluster=\(cluster)"]
         oem += sshKeys.map { "peerless.ssh-key=\($0)" }
         if !peers.isEmpty { oem.append("peerless.peers=\(peers.joined(separator: ","))") }
+        oem += extraOEM
         let oemEntries = oem.map { "        <entry>\(e($0))</entry>" }.joined(separator: "\n")
         return """
             <domain type='\(type)'>

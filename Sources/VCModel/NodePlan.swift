@@ -96,12 +96,16 @@ public struct ObservedNode: Sendable, Equatable {
     public var firewallTables: Set<String>
     /// Bridges with a dnsmasq running for them.
     public var dhcp: Set<String>
+    /// Bridges with a dnsmasq's files (configuration, pid file, log), running or not: a
+    /// node killed with its dnsmasq leaves them behind.
+    public var dhcpFiles: Set<String>
     /// Bridges whose firewall tables are loaded and match what this vcd would load.
     public var currentFirewalls: Set<String>
 
     public init(
         domains: [Domain] = [], targets: [Target] = [], bridges: Set<String> = [], overlays: [Overlay] = [],
-        firewallTables: Set<String> = [], dhcp: Set<String> = [], currentFirewalls: Set<String> = []
+        firewallTables: Set<String> = [], dhcp: Set<String> = [], dhcpFiles: Set<String> = [],
+        currentFirewalls: Set<String> = []
     ) {
         self.domains = domains
         self.targets = targets
@@ -109,6 +113,7 @@ public struct ObservedNode: Sendable, Equatable {
         self.overlays = overlays
         self.firewallTables = firewallTables
         self.dhcp = dhcp
+        self.dhcpFiles = dhcpFiles
         self.currentFirewalls = currentFirewalls
     }
 }
@@ -281,11 +286,13 @@ public enum NodePlan {
         // Networks kept by no cluster here, their boundaries last.
         var orphans: Set<String> = []
         orphans.formUnion(observed.bridges.filter(names.isBridge))
-        orphans.formUnion(observed.dhcp.filter(names.isBridge))
+        orphans.formUnion(observed.dhcp.union(observed.dhcpFiles).filter(names.isBridge))
         orphans.formUnion(observed.overlays.compactMap { names.bridge(ofOverlay: $0.name) })
         orphans.subtract(protectedBridges)
         for bridge in orphans.sorted(by: NameSpace.bridgeOrder) {
-            if observed.dhcp.contains(bridge) { repairs.append(.stopDHCP(bridge: bridge)) }
+            if observed.dhcp.contains(bridge) || observed.dhcpFiles.contains(bridge) {
+                repairs.append(.stopDHCP(bridge: bridge))
+            }
             let overlay = Naming.overlay(bridge: bridge)
             if overlays[overlay] != nil { repairs.append(.removeOverlay(name: overlay)) }
             if observed.bridges.contains(bridge) { repairs.append(.removeBridge(name: bridge)) }

@@ -88,6 +88,16 @@ import Testing
         #expect(entries.filter { $0.hasPrefix("peerless.peers=") } == ["peerless.peers=demo-2,demo-3"])
     }
 
+    @Test func extraOEMStringsComeAfterPeerlessOwn() throws {
+        var doc = document(.tcg)
+        doc.extraOEM = ["peerless.pings=10.77.1.11", "peerless.hostname=other"]
+        let entries = try oemStrings(doc)
+        // The guest reads the first of a key: a hook cannot rename the VM.
+        #expect(
+            entries.firstIndex(of: "peerless.hostname=demo-1")! < entries.firstIndex(of: "peerless.hostname=other")!)
+        #expect(entries.contains("peerless.pings=10.77.1.11"))
+    }
+
     @Test func noPeersNoPeersString() throws {
         let entries = try oemStrings(document(.tcg))
         #expect(!entries.contains { $0.hasPrefix("peerless.peers") })

@@ -95,7 +95,9 @@ import Testing
             case .removeFirewall(let bridge):
                 observed.firewallTables.remove(GuestBoundary.table(bridge: bridge))
                 observed.currentFirewalls.remove(bridge)
-            case .stopDHCP(let bridge): observed.dhcp.remove(bridge)
+            case .stopDHCP(let bridge):
+                observed.dhcp.remove(bridge)
+                observed.dhcpFiles.remove(bridge)
             case .close(let name):
                 for i in world.clusters.indices where world.clusters[i].name == name {
                     world.clusters[i].state = .failed
@@ -417,6 +419,18 @@ import Testing
         var other = Self.world("n1", clusters: [])
         other.bridgePrefix = "othr"
         #expect(NodePlan.plan(desired: other, observed: observed) == [.removeBridge(name: "othr2")])
+    }
+
+    @Test func aDeadDnsmasqsFilesGoWithItsNetworkButNotWhileTheNetworkIsWanted() {
+        // A node killed with its dnsmasq: the files stay, no process serves them.
+        let kept = Self.cluster("kept", subnet: 2, nodes: ["n1"])
+        var observed = Self.made(Self.world("n1", clusters: [kept]))
+        observed.dhcp.remove("vcbr2")
+        observed.dhcpFiles = ["vcbr2", "vcbr5"]
+        let repairs = Self.settles(Self.world("n1", clusters: [kept]), from: observed)
+        #expect(repairs.contains(.stopDHCP(bridge: "vcbr5")), "\(repairs)")
+        #expect(!repairs.contains(.stopDHCP(bridge: "vcbr2")), "\(repairs)")
+        #expect(repairs.contains(.perform(cluster: "kept", step: .dhcp)), "the wanted one is started: \(repairs)")
     }
 
     @Test func networkRemovalsComeAfterDomainRemovalsAndFirewallsLast() {
