@@ -195,11 +195,7 @@ public struct Reconciler: Service, CustomStringConvertible {
             }
         }
         if node.has(.storage) {
-            observed.targets = try await node.exporter.targets().map {
-                ObservedNode.Target(
-                    iqn: $0.iqn, initiators: Set($0.initiators), account: $0.accounts.first, file: $0.backingFiles.first
-                )
-            }
+            observed.targets = try await node.disks.openDisks()
         }
         let prefix = node.addresses.bridgePrefix
         observed.bridges = Set(await ClusterBridge.subnetsInUseOnHost(bridgePrefix: prefix).map { "\(prefix)\($0)" })
@@ -248,7 +244,7 @@ public struct Reconciler: Service, CustomStringConvertible {
             }
         case .removeTarget(let iqn):
             let vm = String(iqn.dropFirst("\(Naming.iqnPrefix):disk.".count))
-            try await node.exporter.unexport(iqn: iqn, account: Naming.chapUser(vm: vm))
+            try await node.disks.close(iqn: iqn, account: Naming.chapUser(vm: vm))
         case .removeBridge(let name):
             try await ClusterBridge(network: Self.network(bridge: name), logger: node.logger).remove()
         case .removeOverlay(let name):
@@ -298,7 +294,7 @@ public struct Reconciler: Service, CustomStringConvertible {
         node.logger.error(
             "closing the disks of a cluster without CHAP secrets", metadata: ["cluster": "\(cluster.value.name)"])
         for vm in cluster.value.vms where vm.node == node.name {
-            try await node.exporter.unexport(iqn: vm.diskIQN, account: nil)
+            try await node.disks.close(iqn: vm.diskIQN, account: nil)
         }
         guard cluster.value.state != .failed || cluster.value.message != message else { return }
         var failed = cluster

@@ -130,13 +130,10 @@ struct StepRunner: Sendable {
         case .snapshot(let name):
             guard let image else { throw DaemonError.failed("no golden image given for \(name)'s snapshot") }
             let (source, disk) = (image.file, vm(name).diskFile)
-            try await node.pool.offload { pool throws(StorageError) in try pool.clone(source, to: disk) }
+            try await node.disks.makeDisk(disk, from: source)
         case .export(let name):
-            let m = vm(name)
             // Only this incarnation's name: an earlier one is never admitted again.
-            _ = try await node.exporter.export(
-                iqn: m.diskIQN, file: node.pool.path(m.diskFile), initiators: [m.initiator],
-                chap: try await credentials(name))
+            try await node.disks.open(vm(name), chap: try await credentials(name))
         case .verify(let name):
             let m = vm(name)
             let storage = try await node.storageNode()
@@ -197,13 +194,9 @@ struct StepRunner: Sendable {
         case .dhcp:
             await dhcp.remove()
         case .snapshot(let name):
-            let (disk, directory) = (vm(name).diskFile, "disks/\(cluster.name)")
-            try await node.pool.offload { pool throws(StorageError) in
-                try pool.remove(disk)
-                pool.removeDirectory(directory)
-            }
+            try await node.disks.removeDisk(vm(name).diskFile, directory: "disks/\(cluster.name)")
         case .export(let name):
-            try await node.exporter.unexport(iqn: vm(name).diskIQN, account: Naming.chapUser(vm: name))
+            try await node.disks.close(iqn: vm(name).diskIQN, account: Naming.chapUser(vm: name))
         case .secret(let name):
             try await node.hypervisor.run { try $0.removeISCSISecret(usage: Naming.chapSecretUsage(vm: name)) }
         case .verify, .release:
@@ -310,7 +303,7 @@ struct StepRunner: Sendable {
     /// The size the disk's LUN must report: the pool's file here, else the golden image it
     /// was cloned from.
     private func diskBytes(_ m: VirtualMachine) async throws -> UInt64 {
-        if node.has(.storage) { return try node.pool.size(m.diskFile) }
+        if node.has(.storage) { return try node.disks.diskBytes(m.diskFile) }
         if let image { return image.sizeBytes }
         guard let found = try await node.catalog.image(cluster.spec.image)?.value else {
             throw DaemonError.failed("image '\(cluster.spec.image)' of \(m.name)'s disk is not in the catalog")
