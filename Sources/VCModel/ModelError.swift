@@ -26,6 +26,8 @@ public enum ModelError: Error, Equatable, Sendable, CustomStringConvertible {
     case imageDoesNotFit(image: String, neededBytes: UInt64, freeBytes: UInt64, node: String)
     /// The storage node was asked to open an import its catalog record does not describe.
     case importNotOpen(image: String, reason: String)
+    /// Lease, renewal and self-fence timers that cannot keep a node safe together.
+    case invalidTimers(setting: String, reason: String)
 
     public var description: String {
         switch self {
@@ -81,6 +83,8 @@ public enum ModelError: Error, Equatable, Sendable, CustomStringConvertible {
                 "image '\(image)' needs \(ByteSize.describe(bytes: needed)) but the pool of storage node \(node) has \(ByteSize.describe(bytes: free)) free; delete images no cluster uses (vc image delete) or import a smaller one"
         case .importNotOpen(let image, let reason):
             return "the import of image '\(image)' cannot be opened: \(reason); import it again"
+        case .invalidTimers(let setting, let reason):
+            return "\(setting) cannot be used: \(reason)"
         }
     }
 }
