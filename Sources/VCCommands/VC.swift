@@ -6,7 +6,9 @@ public struct VC: AsyncParsableCommand {
         commandName: "vc", abstract: "Peerless: create, suspend, resume and destroy virtual clusters.",
         discussion: "Shell completions: vc --generate-completion-script bash|zsh|fish",
         version: "0.1.0",
-        subcommands: [ImageCommand.self, ClusterCommand.self, VMCommand.self, NodeCommand.self, Apply.self])
+        subcommands: [
+            ImageCommand.self, ClusterCommand.self, VMCommand.self, NodeCommand.self, Apply.self, ExplainCommand.self,
+        ])
 
     public init() {}
 }
