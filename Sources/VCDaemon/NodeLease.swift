@@ -38,7 +38,28 @@ public actor Readiness {
 /// with the node (its registration, the gateway addresses it holds) are written under it.
 public actor HeldLease {
     public private(set) var id: Int64?
-    func set(_ id: Int64?) { self.id = id }
+    /// Until when work under the lease may go on: a margin before the earliest instant it
+    /// can have expired on etcd's side (the send time of the last renewal that succeeded
+    /// plus its TTL).
+    public private(set) var until: ContinuousClock.Instant?
+
+    func set(_ id: Int64?) {
+        self.id = id
+        if id == nil { until = nil }
+    }
+
+    func held(_ id: Int64, until: ContinuousClock.Instant) {
+        self.id = id
+        self.until = until
+    }
+
+    /// Drops the lease if its time is up at `now`; true when it did.
+    func expire(now: ContinuousClock.Instant) -> Bool {
+        guard let until, now >= until else { return false }
+        id = nil
+        self.until = nil
+        return true
+    }
 }
 
 /// The node's registration in the catalog under an etcd lease, renewed at a third of its
@@ -49,14 +70,28 @@ public struct NodeLease: Service, CustomStringConvertible {
     let record: NodeRecord
     let readiness: Readiness
 
+    /// Work under the lease stops this long before the lease can have expired.
+    static let margin = Duration.seconds(1)
+
     public func run() async throws {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await watchDeadline() }
+            await renew()
+            group.cancelAll()
+        }
+    }
+
+    private func renew() async {
         var lease: Int64?
         let ttl = max(node.configuration.leaseTTLSeconds, 2)
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let sent = ContinuousClock.now
             do {
-                if let id = lease, try await node.catalog.etcd.keepAlive(lease: id) > 0 {
+                // A TTL etcd reports longer than the one asked (a leader change) is not
+                // believed: the time left is counted from the send time.
+                if let id = lease, case let left = try await node.catalog.etcd.keepAlive(lease: id), left > 0 {
                     await readiness.lease(held: true)
-                    await node.lease.set(id)
+                    await node.lease.held(id, until: sent + .seconds(min(left, ttl)) - Self.margin)
                 } else {
                     await node.lease.set(nil)
                     let granted = try await node.catalog.etcd.grantLease(ttlSeconds: ttl)
@@ -64,7 +99,7 @@ public struct NodeLease: Service, CustomStringConvertible {
                     lease = granted.id
                     node.logger.info("node registered", metadata: ["lease": "\(granted.id)", "ttl": "\(granted.ttl)"])
                     await readiness.lease(held: true)
-                    await node.lease.set(granted.id)
+                    await node.lease.held(granted.id, until: sent + .seconds(min(granted.ttl, ttl)) - Self.margin)
                 }
             } catch {
                 if Task.isCancelled { break }
@@ -78,6 +113,20 @@ public struct NodeLease: Service, CustomStringConvertible {
         }
         await node.lease.set(nil)
         if let lease { try? await node.catalog.etcd.revoke(lease: lease) }
+    }
+
+    /// A renewal that hangs (etcd cut off, each endpoint waited for) must not keep the
+    /// gateway addresses past the instant another node may take them: at the lease's
+    /// deadline they come off, whatever the renewal in flight answers later.
+    private func watchDeadline() async {
+        while !Task.isCancelled {
+            if await node.lease.expire(now: .now) {
+                node.logger.warning("lease not renewed in time: gateway addresses taken off")
+                await readiness.lease(held: false)
+                await ClusterBridge.releaseGatewaysOnHost(plan: node.addresses, logger: node.logger)
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
     }
 }
 
