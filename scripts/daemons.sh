@@ -40,7 +40,8 @@ start() {
     wait_for etcd 30 etcd_ok
   fi
   mkdir -p /var/log/libvirt /run/libvirt /var/lib/libvirt/qemu
-  if ! pgrep -x virtlogd >/dev/null; then
+  # Only this namespace's: the testbed's nodes run virtlogds and tgtds of their own.
+  if ! pgrep -x --ns $$ --nslist mnt,net virtlogd >/dev/null; then
     virtlogd -d -p "$state/virtlogd.pid"
   fi
   if ! libvirt_ok >/dev/null 2>&1; then
@@ -50,7 +51,7 @@ start() {
   if ! tgt_ok >/dev/null 2>&1; then
     tgtd --iscsi "portal=$iscsi_portal"
     wait_for tgtd 15 tgt_ok
-    pgrep -xn tgtd >"$state/tgtd.pid"
+    pgrep -xn --ns $$ --nslist mnt,net tgtd >"$state/tgtd.pid"
   fi
   echo "daemons: etcd, virtlogd, libvirtd and tgtd are running"
 }

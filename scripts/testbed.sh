@@ -334,7 +334,8 @@ start_holder() { # NODE
 }
 
 await_holders() { # NODE...
-  local n end=$((SECONDS + 10))
+  # Generous: under load (two cores, TCG guests) a namespace takes seconds to set up.
+  local n end=$((SECONDS + 30))
   for n in "$@"; do
     until [ -f "$tb/$n/holder.ready" ]; do
       if ! alive "$n" holder || [ $SECONDS -ge $end ]; then
