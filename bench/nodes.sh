@@ -142,7 +142,7 @@ await 30 "every node ready" all_ready
 
 # ---------------------------------------------------------------- create over three nodes
 
-# Runs one file's domains per node with virsh create, every node and every domain at once;
+# Creates every node's domains from their XML files with virsh create, all at once;
 # fails if any create fails. The XML files are under $work, which every node sees.
 virsh_create_all() { # DIR: DIR/NODE/*.xml
   local dir=$1 n pids=() rc=0 p
