@@ -188,6 +188,12 @@ struct ExplainTimers: AsyncParsableCommand {
         }
     }
 
+    /// What this vcd does not do yet of what the arithmetic describes.
+    static let notYet =
+        "Not yet in this vcd: restarting a dead node's VMs elsewhere, fencing at the target and destroying "
+        + "the VMs of a node cut off from etcd. It does take a cut-off node's gateway addresses off at the "
+        + "self-fence instant; the budget is what the node-loss work is held to."
+
     static func render(_ b: RecoveryBudget, sources: [String: String]) -> String {
         let s = b.settings
         var rows = b.terms.map { [$0.label, seconds($0.milliseconds), $0.why] }
@@ -211,6 +217,8 @@ struct ExplainTimers: AsyncParsableCommand {
                 + "every \(seconds(b.renewalPeriodMilliseconds)) s: before its lease can expire and before any "
                 + "node can start its VMs. systemd's WatchdogSec must be at most \(seconds(f.watchdogAtMostMilliseconds)) s "
                 + "to back it.",
+            "",
+            Self.notYet,
             "",
             "From: "
                 + [
