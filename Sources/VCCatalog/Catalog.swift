@@ -26,6 +26,8 @@ public struct Catalog: Sendable {
     public static let schema = 1
     public let etcd: EtcdClient
     public let prefix: String
+    /// The summaries `clusterSummaries()` made, shared by every copy of this catalog.
+    public let summaryCache = ClusterSummaryCache()
 
     public init(etcd: EtcdClient, prefix: String = "/peerless") {
         self.etcd = etcd
@@ -83,6 +85,15 @@ public struct Catalog: Sendable {
 
     public func clusters() async throws(CatalogError) -> [Versioned<VirtualCluster>] {
         try await readAll("\(prefix)/clusters/")
+    }
+
+    /// Every cluster's ``ClusterSummary``, from the same records as `clusters()`: only what
+    /// a summary holds is decoded, and only of the records that changed since the last
+    /// call (``summaryCache``), which a listing of many clusters notices.
+    public func clusterSummaries() async throws(CatalogError) -> [ClusterSummary] {
+        try summaryCache.summaries(of: try await etcd.list(prefix: "\(prefix)/clusters/")) {
+            (kv) throws(CatalogError) -> ClusterSummary in try decode(kv)
+        }
     }
 
     /// Writes a cluster's record if nobody changed it since it was read.

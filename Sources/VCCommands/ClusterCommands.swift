@@ -86,21 +86,27 @@ enum ClusterOps {
 
 struct ClusterList: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "list", abstract: "List virtual clusters.", aliases: ["ls"])
+        commandName: "list", abstract: "List virtual clusters.",
+        discussion: """
+            With --output json: an array of summaries sorted by name, each a cluster's record with \
+            only spec (name, image, vms, vcpus, memoryMiB), state, network.cidr, vms (each VM's \
+            name and node), createdAt, updatedAt and message, under the keys of the full record. \
+            'vc cluster show NAME --output json' gives the whole record and each VM's domain state.
+            """, aliases: ["ls"])
 
     @OptionGroup var global: GlobalOptions
 
     func run() async throws {
         try await CLI.run {
-            let clusters: [VirtualCluster] = try await global.client.get("/v1/clusters")
+            let clusters: [ClusterSummary] = try await global.client.get("/v1/clusters?view=summary")
             if global.output == .json { return print(Render.json(clusters)) }
             let rows = clusters.map {
                 [
                     $0.name, $0.state.rawValue, $0.spec.image, "\($0.spec.vms)", "\($0.spec.memoryMiB) MiB",
-                    $0.network.cidr,
+                    $0.network.cidr, $0.nodes.joined(separator: ","),
                 ]
             }
-            print(Render.table(["NAME", "STATE", "IMAGE", "VMS", "MEMORY/VM", "NETWORK"], rows))
+            print(Render.table(["NAME", "STATE", "IMAGE", "VMS", "MEMORY/VM", "NETWORK", "NODES"], rows))
         }
     }
 }

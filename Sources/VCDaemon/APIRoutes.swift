@@ -38,7 +38,15 @@ struct APIRoutes: Sendable {
             }
         }
 
-        router.get("\(v)/clusters") { _, _ in try await respond { try await lifecycle.list() } }
+        // ?view=summary: each cluster's ClusterSummary, what `vc cluster list` shows.
+        router.get("\(v)/clusters") { request, _ in
+            switch request.uri.queryParameters.get("view") {
+            case nil, "full": return try await respond { try await lifecycle.list() }
+            case "summary": return try await respond { try await lifecycle.summaries() }
+            case let view?:
+                return Self.failure(.invalid("unknown view '\(view)' of the clusters: full or summary"))
+            }
+        }
         router.post("\(v)/clusters") { request, context in
             try await stream { try await lifecycle.create(try await decode(ClusterSpec.self, request, context)) }
         }
@@ -207,7 +215,7 @@ struct APIRoutes: Sendable {
     /// whose client URL is among the configured etcd endpoints is an etcd member.
     func nodeSummaries() async throws -> [NodeSummary] {
         let world = try await PlacementWorld.read(node)
-        let ledger = CommitmentLedger(clusters: world.clusters)
+        let ledger = CommitmentLedger(summaries: world.clusters)
         let placed = world.clusters.flatMap(\.vms).reduce(into: [String: Int]()) { $0[$1.node, default: 0] += 1 }
         let etcdHosts = Set(node.configuration.etcd.allEndpoints.compactMap { URL(string: $0)?.host })
         return world.views(excluding: nil).compactMap { view in
@@ -245,7 +253,7 @@ struct APIRoutes: Sendable {
         if node.has(.compute) { daemons.append(await libvirt) }
         if node.has(.storage) { daemons.append(await tgt) }
         // A count that could not be taken is nil, never 0: the daemons table says why.
-        let clusters = try? await node.catalog.clusters().count
+        let clusters = try? await node.catalog.clusterSummaries().count
         // Only the domains Peerless made: they carry its metadata element.
         let running =
             node.has(.compute)

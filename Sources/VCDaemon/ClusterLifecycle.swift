@@ -513,6 +513,15 @@ public struct ClusterLifecycle: Sendable {
         }
     }
 
+    /// Every cluster's summary, sorted by name: what `vc cluster list` shows.
+    public func summaries() async throws(DaemonError) -> [ClusterSummary] {
+        do {
+            return try await catalog.clusterSummaries().sorted { $0.name < $1.name }
+        } catch {
+            throw DaemonError.from(error)
+        }
+    }
+
     public func status(_ name: String) async throws(DaemonError) -> ClusterStatus {
         do {
             try NameRule.checkCluster(name)

@@ -10,19 +10,20 @@ struct PlacementWorld: Sendable {
     var live: [String: NodeRecord]
     var members: [NodeRecord]
     var cordons: [String: String]
-    var clusters: [VirtualCluster]
+    /// Summaries hold all that the promises depend on (state, memory, each VM's node).
+    var clusters: [ClusterSummary]
 
     static func read(_ node: PeerNode) async throws -> PlacementWorld {
         let commitments = try await node.catalog.commitments()
         async let live = node.catalog.nodes()
         async let members = node.catalog.members()
         async let cordons = node.catalog.cordons()
-        async let clusters = node.catalog.clusters()
+        async let clusters = node.catalog.clusterSummaries()
         let records = try await live
         return PlacementWorld(
             commitments: commitments,
             live: Dictionary(records.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
-            members: try await members, cordons: try await cordons, clusters: try await clusters.map(\.value))
+            members: try await members, cordons: try await cordons, clusters: try await clusters)
     }
 
     func state(of name: String) -> NodeState {
@@ -32,7 +33,7 @@ struct PlacementWorld: Sendable {
 
     /// Every known node as placement sees it, with what the other clusters hold on it.
     func views(excluding cluster: String?) -> [NodeView] {
-        let ledger = CommitmentLedger(clusters: clusters, excluding: cluster)
+        let ledger = CommitmentLedger(summaries: clusters, excluding: cluster)
         var records = Dictionary(members.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         for (name, record) in live { records[name] = record }
         return records.values.sorted { $0.name < $1.name }.map { ledger.view(of: $0, state: state(of: $0.name)) }
@@ -45,7 +46,7 @@ struct PlacementWorld: Sendable {
     /// The commitment writes for `cluster` as it will be recorded: every node it holds
     /// memory on, with the revision read and the node's new total.
     func commitments(for cluster: VirtualCluster) -> [Catalog.Commitment] {
-        let others = CommitmentLedger(clusters: clusters, excluding: cluster.name)
+        let others = CommitmentLedger(summaries: clusters, excluding: cluster.name)
         return CommitmentLedger.commitment(of: cluster).keys.sorted().map { name in
             Catalog.Commitment(
                 node: name, readRevision: commitments[name]?.modRevision,

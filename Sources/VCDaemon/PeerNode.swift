@@ -111,7 +111,6 @@ public struct PeerNode: Sendable {
 
     /// Memory promised to clusters whose VMs run (or are about to run) on this node.
     public func committedMemoryMiB(excluding: String? = nil) async throws(CatalogError) -> Int {
-        CommitmentLedger(clusters: try await catalog.clusters().map(\.value), excluding: excluding).committedMiB(
-            of: name)
+        CommitmentLedger(summaries: try await catalog.clusterSummaries(), excluding: excluding).committedMiB(of: name)
     }
 }

@@ -282,7 +282,12 @@ public struct CommitmentLedger: Sendable, Equatable {
     /// The promises of every cluster but `excluding` (the one being placed, whose VMs the
     /// decision charges itself).
     public init(clusters: some Sequence<VirtualCluster>, excluding: String? = nil) {
-        for cluster in clusters where cluster.name != excluding && Self.commits(cluster.state) {
+        self.init(summaries: clusters.lazy.map(ClusterSummary.init), excluding: excluding)
+    }
+
+    /// The same from summaries, which hold everything a promise depends on.
+    public init(summaries: some Sequence<ClusterSummary>, excluding: String? = nil) {
+        for cluster in summaries where cluster.name != excluding && Self.commits(cluster.state) {
             for vm in cluster.vms {
                 committedMiB[vm.node, default: 0] += cluster.spec.memoryMiB
                 vmCount[vm.node, default: 0] += 1
