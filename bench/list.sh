@@ -134,7 +134,7 @@ if [ "$listed" != "$CLUSTERS" ] || [ "$stored" != "$CLUSTERS" ]; then
 fi
 
 # One untimed run of each first (connections, caches), then RUNS rounds of all four.
-table_ms=() json_ms=() api_ms=() gw_ms=() ctl_ms=() node_ms=() image_ms=()
+table_ms=() json_ms=() api_ms=() sum_ms=() gw_ms=() ctl_ms=() node_ms=() image_ms=()
 timed() { # VAR CMD...: CMD's time in ms appended to VAR
   local -n into=$1
   shift
@@ -144,6 +144,7 @@ timed() { # VAR CMD...: CMD's time in ms appended to VAR
   into+=("$(elapsed_ms "$start")")
 }
 api() { curl -fsS --unix-socket "$work/vcd.sock" http://vcd/v1/clusters; }
+summaries() { curl -fsS --unix-socket "$work/vcd.sock" 'http://vcd/v1/clusters?view=summary'; }
 # What vcd itself reads: the same range through etcd's JSON gateway.
 range_body=$(jq -cn --arg k "$(printf '%s' "$prefix/clusters/" | base64)" --arg e "$(printf '%s' "$prefix/clusters0" | base64)" \
   '{key: $k, range_end: $e}')
@@ -152,13 +153,14 @@ for round in $(seq 0 "$RUNS"); do
   timed table_ms vc cluster list
   timed json_ms vc cluster list -o json
   timed api_ms api
+  timed sum_ms summaries
   timed gw_ms gateway
   timed ctl_ms ctl get --prefix "$prefix/clusters/"
   timed node_ms vc node list
   timed image_ms vc image list
-  if [ "$round" = 0 ]; then table_ms=() json_ms=() api_ms=() gw_ms=() ctl_ms=() node_ms=() image_ms=(); fi
+  if [ "$round" = 0 ]; then table_ms=() json_ms=() api_ms=() sum_ms=() gw_ms=() ctl_ms=() node_ms=() image_ms=(); fi
 done
-tm=$(median "${table_ms[@]}") jm=$(median "${json_ms[@]}") am=$(median "${api_ms[@]}") gm=$(median "${gw_ms[@]}")
+tm=$(median "${table_ms[@]}") jm=$(median "${json_ms[@]}") am=$(median "${api_ms[@]}") sm=$(median "${sum_ms[@]}") gm=$(median "${gw_ms[@]}")
 cm=$(median "${ctl_ms[@]}") nm=$(median "${node_ms[@]}") im=$(median "${image_ms[@]}")
 
 echo "## Listing $CLUSTERS clusters ($((bytes / 1024)) KiB of records, 4 VMs each), median of $RUNS"
@@ -166,6 +168,7 @@ table "" "median (ms)" "range (ms)" "ratio to etcdctl (target <= 3)"
 row "vc cluster list" "$tm" "$(range "${table_ms[@]}")" "$(ratio "$tm" "$cm")"
 row "vc cluster list -o json" "$jm" "$(range "${json_ms[@]}")" "$(ratio "$jm" "$cm")"
 row "vcd's answer alone: GET /v1/clusters over its socket (curl)" "$am" "$(range "${api_ms[@]}")" "$(ratio "$am" "$cm")"
+row "vcd's summaries alone, what vc cluster list asks: GET /v1/clusters?view=summary (curl)" "$sm" "$(range "${sum_ms[@]}")" "$(ratio "$sm" "$cm")"
 row "etcd's JSON gateway alone, the range vcd reads (curl)" "$gm" "$(range "${gw_ms[@]}")" "$(ratio "$gm" "$cm")"
 row "reference: etcdctl get --prefix $prefix/clusters/" "$cm" "$(range "${ctl_ms[@]}")" ""
 row "for scale: vc image list (no image), the fixed cost of a vc command" "$im" "$(range "${image_ms[@]}")" "$(ratio "$im" "$cm")"
