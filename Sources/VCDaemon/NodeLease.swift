@@ -103,11 +103,10 @@ public struct NodeLease: Service, CustomStringConvertible {
                 }
             } catch {
                 if Task.isCancelled { break }
+                // The lease is kept until its deadline (`watchDeadline` gives it up then):
+                // one renewal lost to an etcd election takes nothing off.
                 node.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
                 await readiness.lease(held: false)
-                await node.lease.set(nil)
-                // Another node may hold this node's gateway addresses before long.
-                await ClusterBridge.releaseGatewaysOnHost(plan: node.addresses, logger: node.logger)
             }
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(Double(ttl) / 3)) }
         }
