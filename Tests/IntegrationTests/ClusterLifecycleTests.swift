@@ -95,7 +95,7 @@ import VCModel
             let destroyed = try await bed.vc(["cluster", "destroy", name])
             #expect(destroyed.status == 0, "\(destroyed)")
             #expect(try await bed.leftovers(of: name, vms: 2, bridge: bridge) == [])
-            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+            #expect(try await bed.vcJSON([ClusterSummary].self, ["cluster", "list"]).isEmpty)
             #expect(try await bed.etcdKeys().filter { $0.contains("/subnets/") }.isEmpty)
         }
     }

@@ -26,7 +26,7 @@ import VCModel
             #expect(r.stderr.contains("undo define \(name)-1"))
             let bridge = try #require(plannedBridge(r.stderr, prefix: bed.bridgePrefix))
             #expect(try await bed.leftovers(of: name, vms: 3, bridge: bridge) == [])
-            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+            #expect(try await bed.vcJSON([ClusterSummary].self, ["cluster", "list"]).isEmpty)
             #expect(try await bed.etcdKeys().filter { $0.contains("/subnets/") || $0.contains("/ops/") }.isEmpty)
         }
     }
@@ -61,7 +61,7 @@ import VCModel
                 let left = try await bed.leftovers(of: name, vms: 3, bridge: cluster.network.bridge)
                 return (left.isEmpty ? true : nil, "\(left)")
             }
-            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+            #expect(try await bed.vcJSON([ClusterSummary].self, ["cluster", "list"]).isEmpty)
         }
     }
 
@@ -108,7 +108,7 @@ import VCModel
                 let left = try await bed.leftovers(of: name, vms: 2, bridge: cluster.network.bridge)
                 return (left.isEmpty ? true : nil, "\(left)")
             }
-            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+            #expect(try await bed.vcJSON([ClusterSummary].self, ["cluster", "list"]).isEmpty)
         }
     }
     @Test(.timeLimit(.minutes(10)))
@@ -224,7 +224,7 @@ import VCModel
             #expect(try await bed.vc(["cluster", "destroy", name]).status == 0)
 
             // Nothing left by any of them.
-            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+            #expect(try await bed.vcJSON([ClusterSummary].self, ["cluster", "list"]).isEmpty)
             #expect(try await bed.vcJSON([GoldenImage].self, ["image", "list"]).map(\.name) == ["tiny"])
             #expect(try await bed.targets().isEmpty)
             let ours = try await bed.domainNames().filter { $0.hasPrefix("x") || $0.hasPrefix("dup-\(bed.id)") }
@@ -275,7 +275,7 @@ import VCModel
                 #expect(r.status == 2, "\(r)")
                 #expect(lines.count == 1 && lines[0].hasPrefix("vc: \(text)"), "\(r)")
             }
-            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+            #expect(try await bed.vcJSON([ClusterSummary].self, ["cluster", "list"]).isEmpty)
         }
     }
 
@@ -390,7 +390,7 @@ import VCModel
             for name in made {
                 #expect(try await bed.vc(["cluster", "destroy", name]).status == 0)
             }
-            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+            #expect(try await bed.vcJSON([ClusterSummary].self, ["cluster", "list"]).isEmpty)
         }
     }
 
@@ -405,7 +405,7 @@ import VCModel
             #expect(r.stderr.hasPrefix("vc: the iSCSI target daemon (tgtd) is not available"), "\(r)")
             #expect(r.stderr.split(whereSeparator: \.isNewline).count == 1)
             #expect(try await bed.leftovers(of: name, vms: 2, bridge: nil) == [])
-            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).isEmpty)
+            #expect(try await bed.vcJSON([ClusterSummary].self, ["cluster", "list"]).isEmpty)
             let status = try await bed.vcnodeStatus()
             #expect(status.daemons.first { $0.name == "tgtd" }?.healthy == false)
         }

@@ -164,7 +164,7 @@ import VCModel
             #expect(first.status == 0, "\(first)")
             let again = try await bed.vc(["apply", "-f", manifest, "--output", "json"])
             #expect(again.status == 0, "applying the same file again changes nothing: \(again)")
-            #expect(try await bed.vcJSON([VirtualCluster].self, ["cluster", "list"]).count == 1)
+            #expect(try await bed.vcJSON([ClusterSummary].self, ["cluster", "list"]).count == 1)
             try "name: \(name)\nimage: tiny\nvms: 2\nmemory: 128M\n".write(
                 toFile: manifest, atomically: true, encoding: .utf8)
             let changed = try await bed.vc(["apply", "-f", manifest])

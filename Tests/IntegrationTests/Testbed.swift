@@ -381,7 +381,7 @@ final class Testbed {
     /// Removes everything: clusters (through vcd when it runs, by hand otherwise), vcd,
     /// tgtd, the pool mount, files and keys.
     func teardown() async {
-        if vcd?.isRunning == true, let clusters = try? await vcJSON([VirtualCluster].self, ["cluster", "list"]) {
+        if vcd?.isRunning == true, let clusters = try? await vcJSON([ClusterSummary].self, ["cluster", "list"]) {
             for c in clusters { _ = try? await vc(["cluster", "destroy", c.name]) }
         }
         stopVCD()
