@@ -89,6 +89,13 @@ import VCModel
                 return (counts == [1, 1] ? true : nil, "\(counts)")
             }
             #expect(twice.isEmpty, "two nodes held a gateway address at once after the heal: \(twice)")
+            // The node back is ready again before the destroy: an undo meant for a node
+            // seen dead is left to its reconciler, and this test checks right after.
+            _ = try await eventually("every node ready after the heal", timeout: .seconds(60), every: .seconds(1)) {
+                let nodes = try await bed.vcJSON("n3", [NodeSummary].self, ["node", "list"])
+                let ready = nodes.filter { bed.nodes.contains($0.record.name) && $0.state == .ready }.count
+                return (ready == bed.nodes.count ? true : nil, "\(nodes.map { "\($0.record.name) \($0.state)" })")
+            }
 
             for c in clusters {
                 let destroyed = try await bed.vc("n3", ["cluster", "destroy", c.cluster.name])
