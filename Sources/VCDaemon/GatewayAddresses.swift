@@ -61,11 +61,7 @@ struct GatewayAddresses {
     func settleAll(_ desired: DesiredWorld, bridges: Set<String>) async {
         guard let holders = try? await node.catalog.gatewayHolders() else {
             // Nobody can tell who holds them now: give them up.
-            for cluster in desired.clusters where bridges.contains(cluster.network.bridge) {
-                let network = cluster.network
-                let address = network.serviceAddress(of: node.name)
-                try? await ClusterBridge(network: network, address: address, logger: node.logger).releaseGateway()
-            }
+            await ClusterBridge.releaseGatewaysOnHost(plan: node.addresses, logger: node.logger)
             return
         }
         for cluster in desired.clusters where !desired.busy.contains(cluster.name) {

@@ -157,11 +157,8 @@ public struct Reconciler: Service, CustomStringConvertible {
             if let name = repair.cluster { await node.locks.unlock(name) }
         }
         guard !Task.isCancelled else { return }
-        let bridges = Set(
-            await ClusterBridge.subnetsInUseOnHost(bridgePrefix: node.addresses.bridgePrefix).map {
-                "\(node.addresses.bridgePrefix)\($0)"
-            })
-        await GatewayAddresses(node: node).settleAll(desired, bridges: bridges)
+        // The bridges as observed: one the repairs removed is seen missing when settled.
+        await GatewayAddresses(node: node).settleAll(desired, bridges: observed.bridges)
     }
 
     private func desiredWorld() async throws -> DesiredWorld {
