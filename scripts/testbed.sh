@@ -335,10 +335,13 @@ start_holder() { # NODE
 
 await_holders() { # NODE...
   # Generous: under load (two cores, TCG guests) a namespace takes seconds to set up.
-  local n end=$((SECONDS + 30))
+  # Until it has entered the node's network namespace the holder is not "alive" there
+  # (env and setsid still run in the host's): only its exit, or the time, is a failure.
+  local n pid end=$((SECONDS + 30))
   for n in "$@"; do
+    pid=$(cat "$tb/$n/pids/holder")
     until [ -f "$tb/$n/holder.ready" ]; do
-      if ! alive "$n" holder || [ $SECONDS -ge $end ]; then
+      if ! kill -0 "$pid" 2>/dev/null || [ $SECONDS -ge $end ]; then
         echo "testbed: node $n could not set up its namespaces; the end of $tb/$n/logs/holder.log:" >&2
         tail -n 15 "$tb/$n/logs/holder.log" >&2 || true
         return 1

@@ -92,6 +92,11 @@ public struct PeerNode: Sendable {
         return try await directory.live()[name]
     }
 
+    /// The record node `name` wrote when it last registered, alive or not.
+    func member(_ name: String) async throws -> NodeRecord? {
+        try await catalog.members().first { $0.name == name }
+    }
+
     public var name: String { configuration.node }
     public var initiator: String { Naming.initiatorIQN(node: name) }
 

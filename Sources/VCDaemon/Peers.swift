@@ -60,6 +60,18 @@ struct PeerCalls: Sendable {
         }
     }
 
+    /// Whether the node's vcd answers within `bound`: asked of a node without a lease before
+    /// an undo is sent to it, so that one that is down costs at most `bound`.
+    func answers(_ record: NodeRecord, within bound: Duration = .seconds(2)) async -> Bool {
+        do {
+            let _: [String: String] = try await client(record).post(
+                "/\(API.version)/internal/domains", body: DomainStatesRequest(names: []), timeout: bound)
+            return true
+        } catch {
+            return false
+        }
+    }
+
     func domainStates(_ names: [String], on record: NodeRecord) async throws -> [String: String] {
         do {
             return try await client(record).post(

@@ -90,6 +90,12 @@ struct StepRunner: Sendable {
         var target = record
         if target == nil { target = try await node.liveNode(name) }
         guard let target else {
+            if undo, let member = try await node.member(name), await node.peers.answers(member) {
+                // Without a lease (lapsed, or not renewed yet after a partition) but up:
+                // it removes its share now rather than at its next reconcile pass.
+                try await node.peers.perform(step, undo: true, cluster: cluster, image: image, on: member)
+                return
+            }
             if undo {
                 // Its domains, bridges and rules are placed nowhere now: the node removes
                 // them itself when it comes back (see the reconciler), before it starts anything.

@@ -69,13 +69,21 @@ final class EtcdTrio {
     }
 
     /// Makes member `index` the leader.
+    /// Retried while the members elect or a restarted one catches up: its status, or the
+    /// move itself, is refused meanwhile.
     func moveLeader(to index: Int) async throws {
-        let r = try await sh("etcdctl", ["--endpoints", endpoints[index], "endpoint", "status", "-w", "fields"])
-        let line = try #require(r.stdout.split(separator: "\n").first { $0.hasPrefix("\"MemberID\" :") })
-        let id = try #require(UInt64(line.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)))
-        let moved = try await sh(
-            "etcdctl", ["--endpoints", endpoints.joined(separator: ","), "move-leader", String(id, radix: 16)])
-        #expect(moved.status == 0, "\(moved)")
+        let _: Bool = try await eventually(
+            "member \(index + 1) to take the lead", timeout: .seconds(20), every: .milliseconds(500)
+        ) {
+            let r = try await sh("etcdctl", ["--endpoints", endpoints[index], "endpoint", "status", "-w", "fields"])
+            let line = r.stdout.split(separator: "\n").first { $0.hasPrefix("\"MemberID\" :") }
+            guard let line, let id = UInt64(line.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) else {
+                return (nil, "status: \(r)")
+            }
+            let moved = try await sh(
+                "etcdctl", ["--endpoints", endpoints.joined(separator: ","), "move-leader", String(id, radix: 16)])
+            return (moved.status == 0 ? true : nil, "move-leader: \(moved)")
+        }
     }
 
     func dumpLogs() {
