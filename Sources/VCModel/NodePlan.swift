@@ -18,10 +18,15 @@ public struct DesiredWorld: Sendable, Equatable {
     /// The storage pool's root on this node: a disk target must serve the VM's disk file
     /// under it.
     public var poolRoot: String
+    /// Initiator names fenced at the storage (`NodeLoss`): such an incarnation is never
+    /// exported nor started again, wherever it is still placed; it waits, placed nowhere
+    /// as far as this plan goes, for its recovery to give it a new generation.
+    public var fenced: Set<String>
 
     public init(
         node: String, roles: [NodeRole], bridgePrefix: String = "vcbr", clusters: [VirtualCluster],
-        busy: Set<String> = [], underlays: [String: String] = [:], withSecrets: Set<String>, poolRoot: String
+        busy: Set<String> = [], underlays: [String: String] = [:], withSecrets: Set<String>, poolRoot: String,
+        fenced: Set<String> = []
     ) {
         self.node = node
         self.roles = roles
@@ -31,6 +36,7 @@ public struct DesiredWorld: Sendable, Equatable {
         self.underlays = underlays
         self.withSecrets = withSecrets
         self.poolRoot = poolRoot
+        self.fenced = fenced
     }
 }
 
@@ -177,6 +183,9 @@ public enum Repair: Hashable, Sendable, CustomStringConvertible {
 /// - A cluster without disk secrets is closed: its disk targets are removed, none of its
 ///   VMs is started, and it is marked failed (by the nodes hosting its VMs, and by storage
 ///   nodes) unless it already is.
+/// - A fenced incarnation (`DesiredWorld.fenced`) counts as placed nowhere: its target is
+///   kept but never bound to it again, and its domain is removed, until its recovery
+///   places the VM anew.
 ///
 /// What a node removes, in Peerless's name spaces only, of what is placed nowhere:
 /// - a domain with Peerless metadata whose VM is not placed on this node in any cluster
@@ -238,7 +247,8 @@ public enum NodePlan {
                 continue
             }
             let closed = !desired.withSecrets.contains(name)
-            let hostsHere = cluster.vms.contains { $0.node == here }
+            let fenced = desired.fenced
+            let hostsHere = cluster.vms.contains { $0.node == here && !fenced.contains($0.initiator) }
             if hostsHere { protectedBridges.insert(cluster.network.bridge) }
             if closed && cluster.state != .failed && (storage || hostsHere) { closes.append(.close(cluster: name)) }
 
@@ -254,10 +264,11 @@ public enum NodePlan {
                     if closed { targetRemovals.append(vm.diskIQN) }
                 }
                 // Exports before the VMs here start from them.
-                if exports && !serves(t.map { observed.targets[$0] }, vm, desired.poolRoot) {
+                let isFenced = !fenced.isEmpty && fenced.contains(vm.initiator)
+                if exports && !isFenced && !serves(t.map { observed.targets[$0] }, vm, desired.poolRoot) {
                     makes.append(.perform(cluster: name, step: .export(vm: vm.name)))
                 }
-                guard vm.node == here else { continue }
+                guard vm.node == here, !isFenced else { continue }
                 var domain: ObservedNode.Domain? = nil
                 if let d = domainIndex[vm.name], observed.domains[d].cluster == name {
                     domainClaimed[d] = true

@@ -486,6 +486,31 @@ import Testing
         #expect(repairs.contains(.close(cluster: "shut")) && repairs.last == .removeFirewall(bridge: "vcbr5"))
     }
 
+    /// A node back after it was fenced: its VM's incarnation is fenced but still placed on
+    /// it (not recovered yet). It removes the domain and starts nothing; the storage node
+    /// keeps the target but never binds that name again; the other VM runs on.
+    @Test func aFencedIncarnationIsNeverStartedNorExportedAgain() {
+        let c = Self.cluster("web", subnet: 2, nodes: ["n1", "n2"])
+        var world = Self.world("n1", roles: [.compute, .storage], clusters: [c])
+        let observed = Self.made(world)
+        world.fenced = [c.vms[0].initiator]
+        var held = observed
+        held.targets.removeAll { $0.iqn == c.vms[0].diskIQN }
+        held.targets.append(.init(iqn: c.vms[0].diskIQN, initiators: [], account: nil, file: nil))
+        let repairs = NodePlan.plan(desired: world, observed: held)
+        #expect(repairs.contains(.removeDomain(name: "web-1")))
+        #expect(!repairs.contains(.perform(cluster: "web", step: .export(vm: "web-1"))))
+        #expect(!repairs.contains { if case .perform(_, .start("web-1")) = $0 { true } else { false } })
+        #expect(!repairs.contains(.removeTarget(iqn: c.vms[0].diskIQN)))
+        // Its VM was n1's only one: the network goes too.
+        #expect(repairs.contains(.removeBridge(name: c.network.bridge)))
+        // Unfenced, the same node would export and start it again.
+        world.fenced = []
+        #expect(
+            NodePlan.plan(desired: world, observed: held).contains(.perform(cluster: "web", step: .export(vm: "web-1")))
+        )
+    }
+
     @Test func repairsDescribeThemselvesForTheLog() {
         #expect("\(Repair.perform(cluster: "demo", step: .define(vm: "demo-1")))" == "cluster demo: define demo-1")
         #expect("\(Repair.removeFirewall(bridge: "vcbr3"))" == "remove firewall peerless_vcbr3")
