@@ -86,6 +86,36 @@ public struct KeyValue: Sendable, Equatable {
     public var lease: Int64
 }
 
+/// Every key under a prefix, read at one revision.
+public struct PrefixSnapshot: Sendable, Equatable {
+    /// Sorted by key.
+    public var kvs: [KeyValue]
+    /// etcd's revision when it read them: every change up to it is in `kvs`.
+    public var revision: Int64
+
+    public init(kvs: [KeyValue], revision: Int64) {
+        self.kvs = kvs
+        self.revision = revision
+    }
+}
+
+/// A linearizable look at a prefix without its values (``EtcdClient/probe(prefix:changedAfter:)``).
+public struct PrefixProbe: Sendable, Equatable {
+    /// etcd's revision when it answered.
+    public var revision: Int64
+    /// How many keys the prefix holds.
+    public var count: Int
+    /// The highest revision at which a key that still exists under the prefix was last
+    /// changed, of those changed after the revision asked about; 0 when none was.
+    public var latestChange: Int64
+
+    public init(revision: Int64, count: Int, latestChange: Int64) {
+        self.revision = revision
+        self.count = count
+        self.latestChange = latestChange
+    }
+}
+
 /// A condition of a transaction.
 public enum Compare: Sendable {
     /// The key does not exist.
@@ -166,11 +196,122 @@ public struct EtcdClient: Sendable {
 
     /// Every key under `prefix`, sorted by key.
     public func list(prefix: String) async throws(CatalogError) -> [KeyValue] {
+        try await snapshot(prefix: prefix).kvs
+    }
+
+    /// Every key under `prefix` with the revision they were read at: where a watch of the
+    /// prefix takes over (from `revision + 1`).
+    public func snapshot(prefix: String) async throws(CatalogError) -> PrefixSnapshot {
         let r: RangeResponse = try await call(
             "/v3/kv/range", ["key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix))])
         var out: [KeyValue] = []
+        out.reserveCapacity(r.kvs?.count ?? 0)
         for kv in r.kvs ?? [] { out.append(try kv.decoded()) }
-        return out
+        return PrefixSnapshot(kvs: out, revision: r.header?.revision.flatMap(Int64.init) ?? 0)
+    }
+
+    /// etcd's revision now, the number of keys under `prefix` and the latest change of
+    /// those changed after `revision`, by one linearizable range without values: whether
+    /// a mirror that applied every change up to `revision` still holds what etcd does.
+    /// etcd reads the prefix's keys to filter them (`min_mod_revision` sorts out after
+    /// reading), but answers only those changed, keys only, and the count.
+    public func probe(prefix: String, changedAfter revision: Int64) async throws(CatalogError) -> PrefixProbe {
+        let r: RangeResponse = try await call(
+            "/v3/kv/range",
+            [
+                "key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix)), "keys_only": true,
+                "min_mod_revision": String(revision + 1),
+            ])
+        let latest = (r.kvs ?? []).compactMap { $0.modRevision.flatMap(Int64.init) }.max() ?? 0
+        return PrefixProbe(
+            revision: r.header?.revision.flatMap(Int64.init) ?? 0, count: r.count.flatMap(Int.init) ?? 0,
+            latestChange: latest)
+    }
+
+    /// Watches every key under `prefix` from revision `start` on (`POST /v3/watch`, the
+    /// gateway's stream of one JSON object a line) and hands each message to `receive`
+    /// in order, until `receive` returns false or etcd ends the watch (`.compacted`,
+    /// `.canceled`, handed on first); the stream is then closed. Opening it fails over
+    /// between members as every request does; a stream that breaks or ends otherwise, or
+    /// that the task's cancellation stops, throws: the caller lists again and watches
+    /// from that list's revision.
+    public func watch(
+        prefix: String, from start: Int64, _ receive: (WatchMessage) async -> Bool
+    ) async throws(CatalogError) {
+        let create: [String: Any] = [
+            "key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix)), "start_revision": String(start),
+            "prev_kv": false,
+        ]
+        let data: Data
+        do {
+            data = try JSONSerialization.data(withJSONObject: ["create_request": create])
+        } catch {
+            throw .rejected(endpoint: endpoint, status: 0, message: "watch request could not be encoded: \(error)")
+        }
+        var round = EndpointFailover(
+            endpoints: endpoints, preferred: preferred.index, deadline: .now + Duration(timeout),
+            resendingLostReplies: true)
+        while let attempt = round.next(now: .now) {
+            if Task.isCancelled { throw .unreachable(endpoint: endpoint, reason: "the watch was cancelled") }
+            let endpoint = endpoints[attempt.member]
+            var request = HTTPClientRequest(url: endpoint + "/v3/watch")
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: data))
+            let response: HTTPClientResponse
+            do {
+                // The timeout ends at the response head; the stream itself is open-ended.
+                response = try await http.execute(request, timeout: TimeAmount(attempt.timeout))
+            } catch {
+                round.failed(EndpointFailover.outcome(of: error, budget: attempt.timeout))
+                continue
+            }
+            if response.status.code != 200 {
+                let raw = (try? await response.body.collect(upTo: 1 << 20)).map { Data($0.readableBytesView) } ?? Data()
+                let message =
+                    (try? JSONDecoder().decode(GatewayError.self, from: raw))?.message
+                    ?? String(decoding: raw, as: UTF8.self)
+                let error = CatalogError.rejected(
+                    endpoint: endpoint, status: Int(response.status.code), message: message)
+                if error.isRetryable {
+                    round.failed(.refused(status: Int(response.status.code), message: message))
+                    continue
+                }
+                throw error
+            }
+            preferred.index = attempt.member
+            try await stream(response.body, from: endpoint, to: receive)
+            return
+        }
+        throw round.error
+    }
+
+    /// Reads a watch's stream to its end or until `receive` or etcd ends the watch.
+    private func stream(
+        _ body: HTTPClientResponse.Body, from endpoint: String, to receive: (WatchMessage) async -> Bool
+    ) async throws(CatalogError) {
+        // A single message holds whole revisions: a transaction of many large values is
+        // one line.
+        var lines = LineSplitter(limit: 64 << 20)
+        do {
+            for try await chunk in body {
+                for line in try lines.append(chunk.readableBytesView) {
+                    guard let message = try WatchMessage.decode(line: line, endpoint: endpoint) else { continue }
+                    guard await receive(message) else { return }
+                    switch message {
+                    case .compacted, .canceled: return
+                    case .created, .changes: break
+                    }
+                }
+            }
+        } catch let error as CatalogError {
+            throw error
+        } catch {
+            if Task.isCancelled { throw .unreachable(endpoint: endpoint, reason: "the watch was cancelled") }
+            throw .unreachable(endpoint: endpoint, reason: "the watch stream broke: \(error)")
+        }
+        if Task.isCancelled { throw .unreachable(endpoint: endpoint, reason: "the watch was cancelled") }
+        throw .unreachable(endpoint: endpoint, reason: "etcd ended the watch stream")
     }
 
     public func put(_ key: String, _ value: [UInt8], lease: Int64? = nil) async throws(CatalogError) {
@@ -491,7 +632,12 @@ private struct GatewayError: Decodable {
     var error: String?
     var message: String?
 }
-private struct RangeResponse: Decodable { var kvs: [WireKV]? }
+private struct ResponseHeader: Decodable { var revision: String? }
+private struct RangeResponse: Decodable {
+    var header: ResponseHeader?
+    var kvs: [WireKV]?
+    var count: String?
+}
 private struct TxnResponse: Decodable { var succeeded: Bool? }
 private struct LeaseGrant: Decodable {
     var id: String?
@@ -510,7 +656,7 @@ private struct KeepAliveResponse: Decodable {
     }
     var result: Result?
 }
-private struct WireKV: Decodable {
+struct WireKV: Decodable {
     var key: String
     var value: String?
     var createRevision: String?
