@@ -26,12 +26,17 @@ public struct Catalog: Sendable {
     public static let schema = 1
     public let etcd: EtcdClient
     public let prefix: String
-    /// The summaries `clusterSummaries()` made, shared by every copy of this catalog.
-    public let summaryCache = ClusterSummaryCache()
+    /// Every cluster's summary, kept by a watch while vcd runs `clusters.follow` (see
+    /// `clusterSummaries()`); shared by every copy of this catalog.
+    public let clusters: PrefixMirror<ClusterSummary>
 
     public init(etcd: EtcdClient, prefix: String = "/peerless") {
         self.etcd = etcd
-        self.prefix = prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
+        let prefix = prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
+        self.prefix = prefix
+        self.clusters = PrefixMirror(prefix: "\(prefix)/clusters/") { (kv) throws(CatalogError) -> ClusterSummary in
+            try Self.decode(kv)
+        }
     }
 
     // MARK: keys
@@ -87,13 +92,13 @@ public struct Catalog: Sendable {
         try await readAll("\(prefix)/clusters/")
     }
 
-    /// Every cluster's ``ClusterSummary``, from the same records as `clusters()`: only what
-    /// a summary holds is decoded, and only of the records that changed since the last
-    /// call (``summaryCache``), which a listing of many clusters notices.
+    /// Every cluster's ``ClusterSummary``, sorted by name, from the same records as
+    /// `clusters()` and never staler than them: served by the ``clusters`` mirror when a
+    /// probe of etcd shows it current, else read from etcd. Only what a summary holds is
+    /// decoded, and only of the records whose bytes changed, which a listing of many
+    /// clusters notices.
     public func clusterSummaries() async throws(CatalogError) -> [ClusterSummary] {
-        try summaryCache.summaries(of: try await etcd.list(prefix: "\(prefix)/clusters/")) {
-            (kv) throws(CatalogError) -> ClusterSummary in try decode(kv)
-        }
+        try await clusters.values(from: etcd)
     }
 
     /// Writes a cluster's record if nobody changed it since it was read.
@@ -357,7 +362,9 @@ public struct Catalog: Sendable {
         }
     }
 
-    private func decode<T: Codable>(_ kv: KeyValue) throws(CatalogError) -> T {
+    func decode<T: Codable>(_ kv: KeyValue) throws(CatalogError) -> T { try Self.decode(kv) }
+
+    private static func decode<T: Codable>(_ kv: KeyValue) throws(CatalogError) -> T {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
         do {
@@ -379,7 +386,7 @@ public struct Catalog: Sendable {
         return Versioned(value: try decode(kv), modRevision: kv.modRevision)
     }
 
-    private func readAll<T: Codable & Sendable>(_ prefix: String) async throws(CatalogError) -> [Versioned<T>] {
+    func readAll<T: Codable & Sendable>(_ prefix: String) async throws(CatalogError) -> [Versioned<T>] {
         var out: [Versioned<T>] = []
         for kv in try await etcd.list(prefix: prefix) {
             out.append(Versioned(value: try decode(kv), modRevision: kv.modRevision))
