@@ -12,8 +12,9 @@ import VCModel
 import VCStorage
 
 /// Assembles a node's vcd: checks the daemons it needs, prepares the pool, decides the
-/// accelerator, and runs the API listeners, the node lease, the reconciler, the sweep of
-/// interrupted imports and the watchdog as one service group that stops gracefully on SIGTERM.
+/// accelerator, and runs the catalog's watches, the API listeners, the node lease, the
+/// reconciler, the sweep of interrupted imports and the watchdog as one service group
+/// that stops gracefully on SIGTERM.
 public enum Daemon {
     public static func run(configuration: DaemonConfiguration, logger: Logger) async throws {
         let lock = try InstanceLock(directory: configuration.stateDirectory)
@@ -55,6 +56,8 @@ public enum Daemon {
         let group = ServiceGroup(
             configuration: .init(
                 services: [
+                    // Before the listeners, so stopped after them.
+                    .init(service: CatalogWatch(catalog: node.catalog, logger: logger)),
                     .init(service: tcp), .init(service: local),
                     .init(service: NodeLease(node: node, record: node.record, readiness: readiness)),
                     .init(service: Reconciler(node: node, lifecycle: lifecycle, images: images)),
