@@ -26,15 +26,16 @@ public struct Catalog: Sendable {
     public static let schema = 1
     public let etcd: EtcdClient
     public let prefix: String
-    /// Every cluster's summary, kept by a watch while vcd runs `clusters.follow` (see
+    /// Every cluster's summary, kept by a watch while vcd runs `clusterMirror.follow` (see
     /// `clusterSummaries()`); shared by every copy of this catalog.
-    public let clusters: PrefixMirror<ClusterSummary>
+    public let clusterMirror: PrefixMirror<ClusterSummary>
 
     public init(etcd: EtcdClient, prefix: String = "/peerless") {
         self.etcd = etcd
         let prefix = prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
         self.prefix = prefix
-        self.clusters = PrefixMirror(prefix: "\(prefix)/clusters/") { (kv) throws(CatalogError) -> ClusterSummary in
+        self.clusterMirror = PrefixMirror(prefix: "\(prefix)/clusters/") {
+            (kv) throws(CatalogError) -> ClusterSummary in
             try Self.decode(kv)
         }
     }
@@ -93,12 +94,12 @@ public struct Catalog: Sendable {
     }
 
     /// Every cluster's ``ClusterSummary``, sorted by name, from the same records as
-    /// `clusters()` and never staler than them: served by the ``clusters`` mirror when a
+    /// `clusters()` and never staler than them: served by ``clusterMirror`` when a
     /// probe of etcd shows it current, else read from etcd. Only what a summary holds is
     /// decoded, and only of the records whose bytes changed, which a listing of many
     /// clusters notices.
     public func clusterSummaries() async throws(CatalogError) -> [ClusterSummary] {
-        try await clusters.values(from: etcd)
+        try await clusterMirror.values(from: etcd)
     }
 
     /// Writes a cluster's record if nobody changed it since it was read.

@@ -13,7 +13,7 @@ struct CatalogWatch: Service, CustomStringConvertible {
     func run() async throws {
         let (catalog, logger) = (self.catalog, self.logger)
         await cancelWhenGracefulShutdown {
-            await catalog.clusters.follow(catalog.etcd, logger: logger)
+            await catalog.clusterMirror.follow(catalog.etcd, logger: logger)
         }
     }
 }

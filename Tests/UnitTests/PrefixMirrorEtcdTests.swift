@@ -109,11 +109,11 @@ import VCModel
         try await put("b")
         var logger = Logger(label: "mirror-test")
         logger.logLevel = .critical
-        let follower = Task { [logger] in await catalog.clusters.follow(client, logger: logger) }
+        let follower = Task { [logger] in await catalog.clusterMirror.follow(client, logger: logger) }
         defer { follower.cancel() }
         let listed = try await client.snapshot(prefix: "/mirror-test/clusters/").revision
         try await Self.eventually("the mirror to list") {
-            let r = await catalog.clusters.revision
+            let r = await catalog.clusterMirror.revision
             return (r >= listed, "revision \(r)")
         }
 
@@ -127,11 +127,11 @@ import VCModel
         #expect(try await names() == ["b", "c"])
 
         // Writes elsewhere move etcd's revision; the mirror still answers.
-        let before = await catalog.clusters.served
+        let before = await catalog.clusterMirror.served
         for i in 0..<5 { try await client.put("/mirror-test/ops/x\(i)", Array("x".utf8)) }
         #expect(try await names() == ["b", "c"])
         #expect(try await names() == ["b", "c"])
-        let after = await catalog.clusters.served
+        let after = await catalog.clusterMirror.served
         #expect(after.mirror - before.mirror == 2)
         #expect(after.etcd == before.etcd)
 
@@ -145,9 +145,9 @@ import VCModel
         #expect(try await names() == ["b", "c", "d"])
         try await Self.eventually("the watch to follow again") {
             try await put("e\(Int.random(in: 0..<1000))")
-            let before = await catalog.clusters.served
+            let before = await catalog.clusterMirror.served
             _ = try await names()
-            let after = await catalog.clusters.served
+            let after = await catalog.clusterMirror.served
             return (after.mirror > before.mirror, "served \(after)")
         }
         follower.cancel()
