@@ -24,6 +24,9 @@ protocol DiskBackend: Sendable {
     func diskBytes(_ disk: String) throws -> UInt64
     /// The disks that are open now, as the reconciler compares them with the catalog.
     func openDisks() async throws -> [ObservedNode.Target]
+    /// Fences incarnations: no disk admits `initiators` any more, and whatever they still
+    /// have open is cut off, checked gone before this returns. Idempotent.
+    func fence(initiators: Set<String>) async throws
 }
 
 /// Reflink clones in the node's pool, exported by its tgtd.
@@ -52,6 +55,10 @@ struct TargetPoolBackend: DiskBackend {
     }
 
     func diskBytes(_ disk: String) throws -> UInt64 { try pool.size(disk) }
+
+    func fence(initiators: Set<String>) async throws {
+        try await exporter.fence(initiators: initiators)
+    }
 
     func openDisks() async throws -> [ObservedNode.Target] {
         try await exporter.targets().map {

@@ -182,6 +182,10 @@ extension TargetDaemon {
         /// `UInt64.max`: none.
         public var lun: UInt64 = .max
         public var force = false
+        /// A session's id (tgtadm's `--sid`, the session's TSIH) and a connection's id in it
+        /// (`--cid`): what closing one connection names.
+        public var sid: UInt64 = 0
+        public var cid: UInt32 = 0
         /// In the order tgtadm writes them: tgtd finds some by position (an account's
         /// password is whatever follows the first comma after `user=`).
         public var parameters: [Parameter] = []
@@ -249,6 +253,8 @@ extension TargetDaemon {
             header.len = UInt32(MemoryLayout<peerless_tgtadm_req>.size + text.count)
             header.tid = tid
             header.lun = lun
+            header.sid = sid
+            header.cid = cid
             header.device_type = UInt32(PEERLESS_TGT_TYPE_DISK)
             // Accounts are only ever the initiator's (CHAP one way), never the target's own.
             header.ac_dir = PEERLESS_ACCOUNT_TYPE_INCOMING.rawValue
@@ -315,6 +321,8 @@ extension TargetDaemon {
         public static let noRule = Refusal(code: PEERLESS_TGTADM_ACL_NOEXIST.rawValue)
         public static let accountExists = Refusal(code: PEERLESS_TGTADM_USER_EXIST.rawValue)
         public static let noAccount = Refusal(code: PEERLESS_TGTADM_NO_USER.rawValue)
+        public static let noSession = Refusal(code: PEERLESS_TGTADM_NO_SESSION.rawValue)
+        public static let noConnection = Refusal(code: PEERLESS_TGTADM_NO_CONNECTION.rawValue)
 
         private static let messages: [UInt32: String] = [
             PEERLESS_TGTADM_SUCCESS.rawValue: "success",
@@ -391,6 +399,23 @@ extension TargetDaemon.Request {
         Self(
             mode: .target, operation: .unbind, tid: Int32(clamping: tid), parameters: [.init("initiator-name", name)],
             action: "unbind initiator \(name) from", subject: "target \(tid)")
+    }
+
+    /// The target's connections: "Session: S", "Connection: C", "Initiator: NAME" lines.
+    public static func showConnections(tid: Int) -> Self {
+        Self(
+            mode: .connection, operation: .show, tid: Int32(clamping: tid), action: "list the connections of",
+            subject: "target \(tid)")
+    }
+
+    /// Closes one connection; tgtd frees the session when its last connection goes.
+    public static func deleteConnection(tid: Int, session: UInt64, connection: UInt32) -> Self {
+        var request = Self(
+            mode: .connection, operation: .delete, tid: Int32(clamping: tid),
+            action: "close connection \(connection) of session \(session) of", subject: "target \(tid)")
+        request.sid = session
+        request.cid = connection
+        return request
     }
 
     public static func showAccounts() -> Self {

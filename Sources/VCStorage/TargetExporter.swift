@@ -153,6 +153,88 @@ public actor TargetExporter {
         Self.parse(try await daemon.send(.showTargets()))
     }
 
+    /// One connection of a session logged in to a target.
+    public struct Connection: Sendable, Equatable {
+        public var session: UInt64
+        public var connection: UInt32
+        public var initiator: String
+    }
+
+    /// The target's connections as tgtd lists them now.
+    public func connections(tid: Int) async throws(StorageError) -> [Connection] {
+        Self.parseConnections(try await daemon.send(.showConnections(tid: tid)))
+    }
+
+    /// Fences incarnations: every target stops admitting `initiators`, and every
+    /// connection they hold is closed, until tgtd's listing shows none of them on any
+    /// target. tgt checks its ACL only at login, so the unbind alone would leave a live
+    /// session writing; and a session cut off retries its login forever, so the names
+    /// must never be bound again (the catalog records them). Idempotent.
+    ///
+    /// - Returns: the targets it cut off a connection of.
+    @discardableResult
+    public func fence(initiators: Set<String>, within bound: Duration = .seconds(10)) async throws(StorageError)
+        -> [String]
+    {
+        guard !initiators.isEmpty else { return [] }
+        var cut: Set<String> = []
+        let deadline = ContinuousClock.now + bound
+        while true {
+            var left = 0
+            for t in try await targets() {
+                await acquire("target:\(t.iqn)")
+                do {
+                    for name in t.initiators where initiators.contains(name) {
+                        try await send(.unbindInitiator(tid: t.tid, name: name), tolerating: [.noRule, .noTarget])
+                    }
+                    for c in try await connections(tid: t.tid) where initiators.contains(c.initiator) {
+                        left += 1
+                        cut.insert(t.iqn)
+                        try await send(
+                            .deleteConnection(tid: t.tid, session: c.session, connection: c.connection),
+                            tolerating: [.noSession, .noConnection, .noTarget])
+                    }
+                } catch {
+                    release("target:\(t.iqn)")
+                    throw error
+                }
+                release("target:\(t.iqn)")
+            }
+            // tgtadm answers before tgtd has closed the connection: list again until none.
+            if left == 0 { break }
+            guard ContinuousClock.now < deadline else {
+                throw .targetFailed(
+                    iqn: cut.sorted().joined(separator: ", "), operation: "fence",
+                    reason: "tgtd still lists \(left) connection(s) of the fenced initiators after \(bound)")
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        if !cut.isEmpty { logger.notice("fenced", metadata: ["targets": "\(cut.sorted())"]) }
+        return cut.sorted()
+    }
+
+    /// Parses `--op show --mode conn --tid T`.
+    static func parseConnections(_ text: String) -> [Connection] {
+        var out: [Connection] = []
+        var session: UInt64?
+        var connection: UInt32?
+        for raw in text.split(separator: "\n") {
+            let line = raw.trimmed
+            if line.hasPrefix("Session: ") {
+                session = UInt64(line.dropFirst("Session: ".count))
+                connection = nil
+            } else if line.hasPrefix("Connection: ") {
+                connection = UInt32(line.dropFirst("Connection: ".count))
+            } else if line.hasPrefix("Initiator: "), let session, let connection {
+                out.append(
+                    Connection(
+                        session: session, connection: connection, initiator: String(line.dropFirst("Initiator: ".count))
+                    ))
+            }
+        }
+        return out
+    }
+
     /// The portals tgtd listens on, e.g. ["127.0.0.1:3260"] (`--op show --mode portal`).
     public func portals() async throws(StorageError) -> [String] {
         Self.parsePortals(try await daemon.send(.showPortals()))

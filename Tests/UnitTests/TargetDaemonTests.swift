@@ -165,4 +165,34 @@ import Testing
         #expect(TargetExporter.parsePortals(text) == ["127.0.0.1:3517", "[::1]:3260"])
         #expect(TargetExporter.parsePortals("").isEmpty)
     }
+
+    /// tgtd's connection listing, as `iscsi_target_show_connections` writes it.
+    @Test func theConnectionListingGivesSessionConnectionAndInitiator() {
+        let text = """
+            Session: 3
+                Connection: 0
+                    Initiator: iqn.2026-11.dev.peerless:node.n1.vm.web-1.g1
+                    IP Address: 10.88.0.11
+            Session: 7
+                Connection: 1
+                    Initiator: iqn.2026-11.dev.peerless:node.n2.vm.web-2.g4
+                    IP Address: 10.88.0.12
+
+            """
+        let connections = TargetExporter.parseConnections(text)
+        #expect(
+            connections == [
+                .init(session: 3, connection: 0, initiator: "iqn.2026-11.dev.peerless:node.n1.vm.web-1.g1"),
+                .init(session: 7, connection: 1, initiator: "iqn.2026-11.dev.peerless:node.n2.vm.web-2.g4"),
+            ])
+        #expect(TargetExporter.parseConnections("").isEmpty)
+    }
+
+    /// Closing a connection names its session and connection in the request's header.
+    @Test func closingAConnectionCarriesItsSessionAndConnection() throws {
+        let request = TargetDaemon.Request.deleteConnection(tid: 4, session: 9, connection: 2)
+        #expect(request.mode == .connection && request.operation == .delete && request.tid == 4)
+        #expect(request.sid == 9 && request.cid == 2)
+        #expect(try request.encoded().count > 0)
+    }
 }
