@@ -350,6 +350,14 @@ public struct EtcdClient: Sendable {
         return r.result?.ttl.flatMap(Int.init) ?? 0
     }
 
+    /// How long a lease has left as etcd's leader counts it, in seconds rounded up; -1
+    /// when it has expired (or never existed). Any client may ask about any lease.
+    public func timeToLive(lease: Int64) async throws(CatalogError) -> Int {
+        let r: LeaseTimeToLive = try await call("/v3/lease/timetolive", ["ID": String(lease)])
+        // The gateway leaves out a zero: under a second left reads as 0.
+        return r.ttl.flatMap(Int.init) ?? 0
+    }
+
     public func revoke(lease: Int64) async throws(CatalogError) {
         let _: Header = try await call("/v3/lease/revoke", ["ID": String(lease)])
     }
@@ -649,6 +657,11 @@ private struct LeaseGrant: Decodable {
         case error
     }
 }
+private struct LeaseTimeToLive: Decodable {
+    var ttl: String?
+    enum CodingKeys: String, CodingKey { case ttl = "TTL" }
+}
+
 private struct KeepAliveResponse: Decodable {
     struct Result: Decodable {
         var ttl: String?

@@ -102,6 +102,25 @@ struct APIRoutes: Sendable {
                 return try await node.domainStates(body.names)
             }
         }
+        // Another node's lease, as this node's etcd connection sees it (see NodeLease).
+        router.post("\(v)/lease") { request, context in
+            try await respond { () async throws -> LeaseAnswer in
+                let body = try await decode(LeaseQuestion.self, request, context)
+                let seconds = await within(.milliseconds(700)) { () async -> Int? in
+                    try? await node.catalog.etcd.timeToLive(lease: body.lease)
+                }
+                return LeaseAnswer(seconds: seconds)
+            }
+        }
+        // Fencing a dead node's incarnations, asked of the storage node (see NodeLossRecovery).
+        router.post("\(v)/fence") { request, context in
+            try await respond { () async throws -> Done in
+                let body = try await decode(FenceCall.self, request, context)
+                guard node.has(.storage) else { throw DaemonError.invalid("node \(node.name) has no storage role") }
+                try await node.disks.fence(initiators: Set(body.initiators))
+                return Done()
+            }
+        }
         // Image imports and removals asked of the storage node (see ImageStore).
         router.post("\(v)/imports/:image") { request, context in
             try await respond { () async throws -> ImageStore.Grant in

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import ServiceLifecycle
 import Systemd
@@ -48,10 +49,21 @@ public actor HeldLease {
         if id == nil { until = nil }
     }
 
+    /// The last lease held, kept after it is dropped: what the other nodes are asked about
+    /// when its deadline has passed.
+    public private(set) var lastID: Int64?
+
     func held(_ id: Int64, until: ContinuousClock.Instant) {
         self.id = id
         self.until = until
+        lastID = id
     }
+
+    /// The other nodes that registered, as last read: asked, when this node's lease runs
+    /// out, whether they still hold theirs (see `NodeLease.selfFence`).
+    public private(set) var witnesses: [NodeRecord] = []
+
+    func seen(_ others: [NodeRecord]) { witnesses = others }
 
     /// Drops the lease if its time is up at `now`; true when it did.
     func expire(now: ContinuousClock.Instant) -> Bool {
@@ -86,6 +98,7 @@ public struct NodeLease: Service, CustomStringConvertible {
         let ttl = max(node.configuration.leaseTTLSeconds, 2)
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let sent = ContinuousClock.now
+            var failed = false
             do {
                 // A TTL etcd reports longer than the one asked (a leader change) is not
                 // believed: the time left is counted from the send time.
@@ -107,8 +120,11 @@ public struct NodeLease: Service, CustomStringConvertible {
                 // one renewal lost to an etcd election takes nothing off.
                 node.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
                 await readiness.lease(held: false)
+                failed = true
             }
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(Double(ttl) / 3)) }
+            // After a failure, soon again (an etcd election ends within a second or two).
+            let pause: Duration = failed ? LeaseMachine.Timers.defaultRetryDelay : .seconds(Double(ttl) / 3)
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: pause) }
         }
         await node.lease.set(nil)
         if let lease { try? await node.catalog.etcd.revoke(lease: lease) }
@@ -116,16 +132,83 @@ public struct NodeLease: Service, CustomStringConvertible {
 
     /// A renewal that hangs (etcd cut off, each endpoint waited for) must not keep the
     /// gateway addresses past the instant another node may take them: at the lease's
-    /// deadline they come off, whatever the renewal in flight answers later.
+    /// deadline they come off, whatever the renewal in flight answers later, and the
+    /// node's VMs are stopped unless no other node can take them over (`SelfFence`).
     private func watchDeadline() async {
+        var pending = false
+        var said = ""
+        var lastAsked: ContinuousClock.Instant?
         while !Task.isCancelled {
             if await node.lease.expire(now: .now) {
                 node.logger.warning("lease not renewed in time: gateway addresses taken off")
                 await readiness.lease(held: false)
                 await ClusterBridge.releaseGatewaysOnHost(plan: node.addresses, logger: node.logger)
+                (pending, said, lastAsked) = (true, "", nil)
+            }
+            if pending, await node.lease.id != nil {
+                pending = false
+            } else if pending, lastAsked.map({ .now - $0 >= .milliseconds(250) }) ?? true {
+                lastAsked = .now
+                switch await selfFenceVerdict() {
+                case .stop(let reason):
+                    let stopped = await Self.stopEveryGuest(node)
+                    node.logger.critical(
+                        "self-fenced: every VM of this node is stopped",
+                        metadata: ["reason": "\(reason)", "stopped": "\(stopped)"])
+                    pending = false
+                case .keepRunning(let reason):
+                    if reason != said {
+                        node.logger.warning("lease not renewed; VMs keep running", metadata: ["reason": "\(reason)"])
+                    }
+                    said = reason
+                }
             }
             try? await Task.sleep(for: .milliseconds(100))
         }
+    }
+
+    /// Whether to stop every VM of this node (destroyed, not shut down: a guest given time
+    /// would write on): the other nodes' vcds say how long etcd still gives this node's
+    /// lease (`SelfFence`). The storage's fencing, not this, keeps a lost node's writes off
+    /// the disks; this keeps a VM from running on two nodes at once.
+    private func selfFenceVerdict() async -> SelfFence.Verdict {
+        let witnesses = await node.lease.witnesses
+        guard let lease = await node.lease.lastID else { return .keepRunning("it never held a lease") }
+        let answers = await withTaskGroup(of: SelfFence.Answer.self) { group in
+            for w in witnesses { group.addTask { await node.peers.leaseLeft(lease, asking: w) } }
+            return await group.reduce(into: [SelfFence.Answer]()) { $0.append($1) }
+        }
+        return SelfFence.decide(answers: answers)
+    }
+
+    /// Kills every running domain that carries Peerless's metadata; how many. QEMU gets
+    /// SIGKILL at once: libvirt's destroy sends SIGTERM first and waits 10 s for it, and a
+    /// QEMU whose iSCSI disk hangs (the node is cut off) spends them draining its I/O.
+    /// libvirt's destroy then only cleans up after a process that is gone.
+    static func stopEveryGuest(_ node: PeerNode) async -> Int {
+        (try? await node.hypervisor.run { conn in
+            var stopped = 0
+            for d in try conn.allDomains()
+            where d.isActive && d.metadata(namespace: DomainDocument.metadataNamespace) != nil {
+                killQEMU(of: d.name)
+                if (try? d.destroy()) != nil { stopped += 1 }
+            }
+            return stopped
+        }) ?? 0
+    }
+
+    /// SIGKILL to the QEMU libvirt started for `domain`, found by its pid file and checked
+    /// by its command line (a PID reused since is left alone).
+    static func killQEMU(of domain: String) {
+        guard let text = try? String(contentsOfFile: "/run/libvirt/qemu/\(domain).pid", encoding: .utf8),
+            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1,
+            let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline")
+        else { return }
+        let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        guard args.first?.contains("qemu") == true,
+            args.contains(where: { $0.hasPrefix("guest=\(domain),") || $0 == "guest=\(domain)" })
+        else { return }
+        kill(pid, SIGKILL)
     }
 }
 

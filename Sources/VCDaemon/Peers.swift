@@ -82,6 +82,41 @@ struct PeerCalls: Sendable {
     }
 }
 
+/// A node whose lease ran out asks another how long etcd gives that lease.
+struct LeaseQuestion: Codable, Sendable { var lease: Int64 }
+/// etcd's answer (seconds left, -1 expired), nil when etcd did not answer in time.
+struct LeaseAnswer: Codable, Sendable { var seconds: Int? }
+
+extension PeerCalls {
+    /// What `record`'s vcd hears from etcd about `lease` (`SelfFence`), within `bound`.
+    func leaseLeft(_ lease: Int64, asking record: NodeRecord, within bound: Duration = .seconds(1)) async
+        -> SelfFence.Answer
+    {
+        let answer = await within(bound) { () async -> LeaseAnswer? in
+            try? await client(record).post(
+                "/\(API.version)/internal/lease", body: LeaseQuestion(lease: lease), timeout: bound)
+        }
+        guard let answer else { return .silent }
+        return answer.seconds.map { .left(seconds: $0) } ?? .unknown
+    }
+}
+
+/// The initiator names the storage node is to fence.
+struct FenceCall: Codable, Sendable { var initiators: [String] }
+
+extension PeerCalls {
+    /// Asks the storage node to fence `initiators`; it answers once tgtd lists none of their
+    /// connections.
+    func fence(_ initiators: [String], on storage: NodeRecord) async throws(DaemonError) {
+        do {
+            let _: Done = try await client(storage).post(
+                "/\(API.version)/internal/fence", body: FenceCall(initiators: initiators), timeout: .seconds(30))
+        } catch {
+            throw Self.refusal(error, by: storage)
+        }
+    }
+}
+
 /// Which node asks the storage node about its import.
 struct ImportCall: Codable, Sendable { var importer: String }
 
