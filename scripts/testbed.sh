@@ -90,6 +90,14 @@ pid_of() { # NODE DAEMON -> the PID if it runs (in the node's namespace), else n
 
 alive() { pid_of "$1" "$2" >/dev/null; }
 
+# Whether a daemon just spawned still runs. Until it has entered the node's network
+# namespace (env, setsid and nsenter run first in the host's) it is not "alive" there, so
+# a start is judged by its recorded PID alone, which is our own child.
+started() { # NODE DAEMON
+  local f="$tb/$1/pids/$2"
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
 # Every process in a node's network namespace: its holder, daemons, QEMUs, dnsmasqs.
 netns_pids() { ip netns pids "$1" 2>/dev/null || true; }
 
@@ -209,7 +217,7 @@ vcd_ok() {
 await() { # DAEMON CHECK NODE
   local daemon=$1 check=$2 node=$3 end=$((SECONDS + start_timeout)) log="$tb/$3/logs/$1.log"
   until "$check" "$node"; do
-    if ! alive "$node" "$daemon"; then
+    if ! started "$node" "$daemon"; then
       echo "testbed: $daemon on $node exited during start; the end of $log:" >&2
       tail -n 15 "$log" >&2 || true
       return 1
@@ -335,13 +343,10 @@ start_holder() { # NODE
 
 await_holders() { # NODE...
   # Generous: under load (two cores, TCG guests) a namespace takes seconds to set up.
-  # Until it has entered the node's network namespace the holder is not "alive" there
-  # (env and setsid still run in the host's): only its exit, or the time, is a failure.
-  local n pid end=$((SECONDS + 30))
+  local n end=$((SECONDS + 30))
   for n in "$@"; do
-    pid=$(cat "$tb/$n/pids/holder")
     until [ -f "$tb/$n/holder.ready" ]; do
-      if ! kill -0 "$pid" 2>/dev/null || [ $SECONDS -ge $end ]; then
+      if ! started "$n" holder || [ $SECONDS -ge $end ]; then
         echo "testbed: node $n could not set up its namespaces; the end of $tb/$n/logs/holder.log:" >&2
         tail -n 15 "$tb/$n/logs/holder.log" >&2 || true
         return 1

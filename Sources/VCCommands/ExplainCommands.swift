@@ -78,7 +78,10 @@ struct ExplainTimers: AsyncParsableCommand {
         help: ArgumentHelp("vcd's reconcileIntervalSeconds (daemon 15, testbed 5).", valueName: "seconds"))
     var reconcileInterval: Int?
 
-    @Option(help: "How a live node notices a dead one: reconcile (at its next pass) or watch (at once).")
+    @Option(
+        help:
+            "How a live node notices a dead one: poll (every 0.5 s, what vcd does), reconcile (at its next pass) or watch (at once)."
+    )
     var notice: RecoveryBudget.Notice?
 
     @Option(
@@ -190,9 +193,8 @@ struct ExplainTimers: AsyncParsableCommand {
 
     /// What this vcd does not do yet of what the arithmetic describes.
     static let notYet =
-        "Not yet in this vcd: restarting a dead node's VMs elsewhere, fencing at the target and destroying "
-        + "the VMs of a node cut off from etcd. It does take a cut-off node's gateway addresses off at the "
-        + "self-fence instant; the budget is what the node-loss work is held to."
+        "Not yet in this vcd: noticing a dead node by a watch (it reads the registrations every 0.5 s), "
+        + "and the systemd watchdog behind the self-fence."
 
     static func render(_ b: RecoveryBudget, sources: [String: String]) -> String {
         let s = b.settings

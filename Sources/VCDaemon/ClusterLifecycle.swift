@@ -294,11 +294,32 @@ public struct ClusterLifecycle: Sendable {
         }
     }
 
+    /// Places again and starts `vms`, whose incarnations were fenced at the storage after
+    /// their node died (`NodeLoss`): each gets a new generation on a live node and boots
+    /// from its own disk, as the guest left it. Journaled like any operation, so a vcd that
+    /// dies midway is finished by another; no other VM of the cluster is touched.
+    public func recover(_ name: String, vms: [String]) async throws(DaemonError) -> AsyncStream<OperationEvent> {
+        try await launch(
+            name, kind: .recover, state: .running, moving: vms,
+            precheck: { (found) throws(DaemonError) -> OperationEvent? in
+                guard found.state == .running else {
+                    throw .conflict("cluster '\(name)' is \(found.state.rawValue); only a running one is recovered")
+                }
+                return nil
+            },
+            work: { cluster, operation, events in
+                var recovered = cluster
+                recovered.message = nil
+                await runTransition(
+                    recovered, operation: operation, plan: .recover(cluster, vms: vms), to: .running, events: events)
+            })
+    }
+
     /// Starts an operation on an existing cluster: takes this node's lock on it, lets
     /// `precheck` refuse it or answer at once (a no-op), journals it in the catalog, and runs
     /// `work` in a task of its own that releases the lock when done.
     private func launch(
-        _ name: String, kind: ClusterOperation.Kind, state: ClusterState,
+        _ name: String, kind: ClusterOperation.Kind, state: ClusterState, moving: [String]? = nil,
         precheck: (VirtualCluster) throws(DaemonError) -> OperationEvent?,
         work:
             @escaping @Sendable (VirtualCluster, ClusterOperation, AsyncStream<OperationEvent>.Continuation) async ->
@@ -324,14 +345,14 @@ public struct ClusterLifecycle: Sendable {
                 return stream
             }
             operation = ClusterOperation(
-                id: UUID().uuidString, kind: kind, cluster: name, node: node.name, startedAt: node.now())
-            if kind == .resume {
+                id: UUID().uuidString, kind: kind, cluster: name, node: node.name, startedAt: node.now(), vms: moving)
+            if kind == .resume || kind == .recover {
                 // A suspended cluster commits no memory; leaving that state, it is placed
                 // again (on any live node), checked and recorded as one step. Every other
                 // transition only frees memory.
                 cluster = try await node.admission.admit { () async throws in
                     try await admissionDelay()
-                    return try await replace(found, operation: operation, state: state)
+                    return try await replace(found, operation: operation, state: state, moving: Set(moving ?? []))
                 }
             } else {
                 cluster = try await catalog.begin(operation, on: found, state: state, now: node.now())
@@ -357,30 +378,40 @@ public struct ClusterLifecycle: Sendable {
     /// keeps its node while that node is ready and has room; every VM that starts afresh
     /// (all of a suspended cluster, the moved ones of a failed cluster) gets a new
     /// generation, and so an initiator name never admitted before.
-    private func replace(_ found: Versioned<VirtualCluster>, operation: ClusterOperation, state: ClusterState)
-        async throws -> Versioned<VirtualCluster>
-    {
+    ///
+    /// `moving` VMs, and every VM whose incarnation was fenced (`NodeLoss`), are placed
+    /// anew with a new generation wherever they land, their node's state notwithstanding.
+    private func replace(
+        _ found: Versioned<VirtualCluster>, operation: ClusterOperation, state: ClusterState,
+        moving explicit: Set<String> = []
+    ) async throws -> Versioned<VirtualCluster> {
         var current = found
         for _ in 0..<8 {
             let world = try await PlacementWorld.read(node)
+            let fenced = NodeLoss.names(try await catalog.fenced())
+            let moving = explicit.union(current.value.vms.filter { fenced.contains($0.initiator) }.map(\.name))
             // Until a dead node is fenced at the storage, its QEMUs may still be writing:
             // only a suspended cluster (no VM running anywhere) may move off it.
             if current.value.state != .suspended,
-                let stranded = current.value.vms.first(where: { world.state(of: $0.node) == .dead })
+                let stranded = current.value.vms.first(where: {
+                    world.state(of: $0.node) == .dead && !moving.contains($0.name)
+                })
             {
                 throw DaemonError.conflict(
                     "\(stranded.name) is placed on node \(stranded.node), which is down; it cannot be started elsewhere until that node is fenced: bring \(stranded.node) back, or destroy the cluster"
                 )
             }
             let keep = Dictionary(
-                current.value.vms.filter { world.state(of: $0.node) != .dead }.map { ($0.name, $0.node) },
+                current.value.vms.filter { world.state(of: $0.node) != .dead && !moving.contains($0.name) }.map {
+                    ($0.name, $0.node)
+                },
                 uniquingKeysWith: { a, _ in a })
             let placements = try world.place(PlacementRequest(spec: current.value.spec, keep: keep))
             var placed = current.value
             let fresh = current.value.state == .suspended
             for i in placed.vms.indices {
                 let target = placements[placed.vms[i].name] ?? placed.vms[i].node
-                if fresh || target != placed.vms[i].node {
+                if fresh || target != placed.vms[i].node || moving.contains(placed.vms[i].name) {
                     placed.vms[i].node = target
                     placed.vms[i].generation += 1
                 }

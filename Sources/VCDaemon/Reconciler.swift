@@ -19,6 +19,16 @@ public struct Reconciler: Service, CustomStringConvertible {
     let lifecycle: ClusterLifecycle
     let images: ImageLibrary
     public func run() async throws {
+        await withDiscardingTaskGroup { group in
+            // Beside the passes, on its own faster clock: a dead node's VMs are back
+            // elsewhere within seconds, not at the next pass.
+            group.addTask { await NodeLossRecovery(node: node, lifecycle: lifecycle).run() }
+            await passes()
+            group.cancelAll()
+        }
+    }
+
+    private func passes() async {
         await images.recover()
         let seconds = node.configuration.reconcileIntervalSeconds
         await pass()
@@ -110,6 +120,12 @@ public struct Reconciler: Service, CustomStringConvertible {
         case .resume:
             await lifecycle.runTransition(
                 cluster, operation: operation, plan: .resume(cluster), to: .running, events: events)
+        case .recover:
+            // Placed already (the journal entry was written with the placement): its steps
+            // are made sure of again.
+            await lifecycle.runTransition(
+                cluster, operation: operation, plan: .recover(cluster, vms: operation.vms ?? []), to: .running,
+                events: events)
         }
     }
 
@@ -166,12 +182,14 @@ public struct Reconciler: Service, CustomStringConvertible {
         async let operations = node.catalog.operations()
         async let withSecrets = node.catalog.clustersWithSecrets()
         async let live = node.catalog.nodes()
+        async let fenced = node.catalog.fenced()
         var underlays: [String: String] = [:]
         for record in try await live { if let u = record.underlay { underlays[record.name] = u } }
         return DesiredWorld(
             node: node.name, roles: node.configuration.roles, bridgePrefix: node.addresses.bridgePrefix,
             clusters: try await clusters.map(\.value), busy: Set(try await operations.map(\.cluster)),
-            underlays: underlays, withSecrets: try await withSecrets, poolRoot: node.pool.root)
+            underlays: underlays, withSecrets: try await withSecrets, poolRoot: node.pool.root,
+            fenced: NodeLoss.names(try await fenced))
     }
 
     /// Lists what this node holds: domains (compute), targets (storage), bridges, VXLAN

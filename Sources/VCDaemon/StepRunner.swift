@@ -138,8 +138,15 @@ struct StepRunner: Sendable {
             let (source, disk) = (image.file, vm(name).diskFile)
             try await node.disks.makeDisk(disk, from: source)
         case .export(let name):
-            // Only this incarnation's name: an earlier one is never admitted again.
-            try await node.disks.open(vm(name), chap: try await credentials(name))
+            // Only this incarnation's name: an earlier one is never admitted again, and a
+            // fenced one (its node was lost) not even as the current one.
+            let m = vm(name)
+            if NodeLoss.names(try await node.catalog.fenced()).contains(m.initiator) {
+                throw DaemonError.failed(
+                    "the incarnation \(m.initiator) of \(name) was fenced when its node was lost and is never admitted again; it starts under a new one when the cluster is recovered or resumed"
+                )
+            }
+            try await node.disks.open(m, chap: try await credentials(name))
         case .verify(let name):
             let m = vm(name)
             let storage = try await node.storageNode()

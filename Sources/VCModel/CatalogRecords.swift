@@ -179,20 +179,25 @@ public struct VirtualCluster: Codable, Sendable, Equatable {
 /// A lifecycle operation in progress. It is written before the first host change and
 /// removed after the last, so a restarted vcd knows what to finish or undo.
 public struct ClusterOperation: Codable, Sendable, Equatable {
-    public enum Kind: String, Codable, Sendable { case create, destroy, suspend, resume }
+    /// `recover` places again and starts the VMs whose node died (`NodeLoss`), once their
+    /// incarnations are fenced at the storage.
+    public enum Kind: String, Codable, Sendable { case create, destroy, suspend, resume, recover }
 
     public var id: String
     public var kind: Kind
     public var cluster: String
     public var node: String
     public var startedAt: Date
+    /// The VMs a recovery places again and starts (nil for every other kind).
+    public var vms: [String]?
 
-    public init(id: String, kind: Kind, cluster: String, node: String, startedAt: Date) {
+    public init(id: String, kind: Kind, cluster: String, node: String, startedAt: Date, vms: [String]? = nil) {
         self.id = id
         self.kind = kind
         self.cluster = cluster
         self.node = node
         self.startedAt = startedAt
+        self.vms = vms
     }
 
     /// What a restarted vcd does with an operation it finds unfinished: a create that
@@ -201,7 +206,7 @@ public struct ClusterOperation: Codable, Sendable, Equatable {
     public var recovery: Recovery {
         switch kind {
         case .create: return .rollBack
-        case .destroy, .suspend, .resume: return .rollForward
+        case .destroy, .suspend, .resume, .recover: return .rollForward
         }
     }
 

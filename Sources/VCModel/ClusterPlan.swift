@@ -152,6 +152,27 @@ public struct ClusterPlan: Sendable, Equatable {
     }
 }
 
+extension ClusterPlan {
+    /// Recovering the VMs of a node that died, placed anew and fenced at their old name:
+    /// the network is made sure of on every node that hosts the cluster now (a new one gets
+    /// it, the others' tunnels and tables follow the new placement), then each of `vms`
+    /// is exported to its new incarnation, checked, defined and booted from its disk as the
+    /// guest left it. The other VMs are not touched.
+    public static func recover(_ cluster: VirtualCluster, vms: [String]) -> ClusterPlan {
+        let moved = cluster.vms.filter { vms.contains($0.name) }
+        return ClusterPlan(
+            shared: [.firewall, .bridge, .overlay, .dhcp],
+            machines: moved.map {
+                [
+                    .export(vm: $0.name), .verify(vm: $0.name), .secret(vm: $0.name), .define(vm: $0.name),
+                    .start(vm: $0.name),
+                ]
+            },
+            final: moved.map { .release(vm: $0.name) }
+        )
+    }
+}
+
 /// Rewrites the host-side parts of a saved domain definition for the node that restores
 /// it: the disk's portal and this incarnation's initiator name. Everything the guest
 /// sees stays, so libvirt's ABI check accepts it.

@@ -49,9 +49,10 @@ public enum NodeLoss {
     ///   and its cluster is not suspended (a suspended VM runs nowhere, and its next
     ///   incarnation has a new name anyway), even while an operation owns the cluster: that
     ///   operation is taken over by a live node, which may start nothing of it meanwhile.
-    /// - A cluster is recovered when it is running or failed, no operation owns it, and it
-    ///   has a fenced incarnation still placed: on a dead node, or on a node that came back
-    ///   (which must not start that incarnation again).
+    /// - A cluster is recovered when it is running, no operation owns it, and it has a
+    ///   fenced incarnation still placed: on a dead node, or on a node that came back
+    ///   (which must not start that incarnation again). A failed cluster is left to its
+    ///   administrator: its resume places the fenced VMs anew.
     public static func plan(
         clusters: [VirtualCluster], live: Set<String>, busy: Set<String>, fenced: [String: Fenced]
     ) -> (fences: [Fence], recoveries: [Recovery]) {
@@ -69,8 +70,7 @@ public enum NodeLoss {
                     waiting = true
                 }
             }
-            let settled = cluster.state == .running || cluster.state == .failed
-            if settled && !busy.contains(cluster.name) && !waiting && !moved.isEmpty {
+            if cluster.state == .running && !busy.contains(cluster.name) && !waiting && !moved.isEmpty {
                 recoveries.append(Recovery(cluster: cluster.name, vms: moved.sorted()))
             }
         }

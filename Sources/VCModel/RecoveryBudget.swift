@@ -12,6 +12,9 @@ public struct RecoveryBudget: Codable, Sendable, Equatable {
     public enum Notice: String, Codable, Sendable, Equatable, CaseIterable {
         /// At its next reconcile pass, every `reconcileIntervalSeconds`.
         case reconcile
+        /// By reading the registrations every `pollMilliseconds` (vcd's node-loss loop,
+        /// beside the reconcile passes): what vcd does today.
+        case poll
         /// At once, through an etcd watch on the registrations.
         case watch
     }
@@ -39,7 +42,7 @@ public struct RecoveryBudget: Codable, Sendable, Equatable {
         public init(
             leaseTTLSeconds: Int, renewalPeriodMilliseconds: Int? = nil,
             selfFenceMarginMilliseconds: Int = Self.defaultMarginMilliseconds, etcdHeartbeatMilliseconds: Int,
-            etcdElectionTimeoutMilliseconds: Int, reconcileIntervalSeconds: Int, notice: Notice = .reconcile,
+            etcdElectionTimeoutMilliseconds: Int, reconcileIntervalSeconds: Int, notice: Notice = .poll,
             fencingMilliseconds: Int = Self.defaultFencingMilliseconds,
             restartMilliseconds: Int = Self.defaultRestartMilliseconds
         ) {
@@ -119,6 +122,8 @@ public struct RecoveryBudget: Codable, Sendable, Equatable {
 
     /// etcd's lessor looks for expired leases every 500 ms (`lease/lessor.go`, runLoop).
     public static let expiryScanMilliseconds = 500
+    /// How often vcd's node-loss loop reads the registrations (`NodeLossRecovery.period`).
+    public static let pollMilliseconds = 500
 
     public init(_ settings: Settings) throws(ModelError) {
         let s = settings
@@ -162,6 +167,10 @@ public struct RecoveryBudget: Codable, Sendable, Equatable {
                     why:
                         "a live node sees the registration gone at its next reconcile pass (reconcileIntervalSeconds \(s.reconcileIntervalSeconds))"
                 )
+            case .poll:
+                Term(
+                    name: "notice", label: "noticed", milliseconds: Self.pollMilliseconds,
+                    why: "a live node reads the registrations every \(Self.pollMilliseconds) ms")
             case .watch:
                 Term(
                     name: "notice", label: "noticed", milliseconds: 0,
@@ -211,7 +220,7 @@ public struct RecoveryBudget: Codable, Sendable, Equatable {
         return (milliseconds + 999) / 1000
     }
 
-    static func milliseconds(_ d: Duration) -> Int {
+    public static func milliseconds(_ d: Duration) -> Int {
         Int(d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000)
     }
 }

@@ -274,7 +274,8 @@ final class NodeTestbed: Sendable {
         for node in allNodes {
             for daemon in ["vcd", "libvirtd", "etcd", "tgtd"]
             where FileManager.default.fileExists(atPath: logFile(node, daemon)) {
-                print("---- \(daemon) on \(node) ----\n\(tail(logFile(node, daemon), lines: 30))")
+                let lines = daemon == "vcd" ? 60 : 30
+                print("---- \(daemon) on \(node) ----\n\(tail(logFile(node, daemon), lines: lines))")
             }
         }
     }

@@ -1,0 +1,117 @@
+import Foundation
+import Logging
+import VCCatalog
+import VCModel
+
+/// What a live node does about nodes whose lease is gone, every half second while it holds
+/// its own lease (`NodeLoss` decides): it claims the fencing of each dead node in one etcd
+/// transaction, has the storage node cut the dead node's incarnations off at tgtd and
+/// records them fenced, then recovers every running cluster that had VMs there, as a
+/// journaled operation of its own. A node without a lease does none of this: it may be the
+/// one the others are about to fence.
+struct NodeLossRecovery: Sendable {
+    let node: PeerNode
+    let lifecycle: ClusterLifecycle
+
+    static let period = Duration.milliseconds(RecoveryBudget.pollMilliseconds)
+
+    func run() async {
+        var passes = 0
+        while !Task.isCancelled {
+            // Each tenth pass also looks for fenced incarnations still placed (a node that
+            // came back before its VMs were recovered) when every node is up.
+            await pass(thorough: passes % 10 == 0)
+            passes &+= 1
+            try? await Task.sleep(for: Self.period)
+        }
+    }
+
+    func pass(thorough: Bool = true) async {
+        guard let lease = await node.lease.id else { return }
+        let plan: (fences: [NodeLoss.Fence], recoveries: [NodeLoss.Recovery])
+        do {
+            // Most passes end here: every node that ever registered holds its lease.
+            async let live = node.catalog.nodes()
+            async let members = node.catalog.members()
+            let alive = Set(try await live.map(\.name))
+            let registered = try await members
+            await node.lease.seen(registered.filter { $0.name != node.name })
+            let everyone = Set(registered.map(\.name))
+            let fenced = try await node.catalog.fenced()
+            if everyone.isSubset(of: alive) && (fenced.isEmpty || !thorough) { return }
+            async let clusters = node.catalog.clusters()
+            async let operations = node.catalog.operations()
+            plan = NodeLoss.plan(
+                clusters: try await clusters.map(\.value), live: alive,
+                busy: Set(try await operations.map(\.cluster)), fenced: fenced)
+        } catch {
+            return
+        }
+        for fence in plan.fences { await self.fence(fence, lease: lease) }
+        for recovery in plan.recoveries { await recover(recovery) }
+    }
+
+    private func fence(_ fence: NodeLoss.Fence, lease: Int64) async {
+        var logger = node.logger
+        logger[metadataKey: "dead-node"] = "\(fence.node)"
+        do {
+            guard try await node.catalog.claimFencing(fence.node, by: node.name, lease: lease) else { return }
+        } catch {
+            return
+        }
+        logger.warning(
+            "node lost: fencing its incarnations at the storage", metadata: ["vms": "\(fence.initiators.count)"])
+        let started = ContinuousClock.now
+        do {
+            let storage = try await node.storageNode()
+            if storage.name == node.name {
+                try await node.disks.fence(initiators: Set(fence.initiators))
+            } else {
+                try await node.peers.fence(fence.initiators, on: storage)
+            }
+            try await node.catalog.recordFenced(
+                NodeLoss.Fenced(node: fence.node, initiators: Set(fence.initiators), by: node.name, at: node.now()))
+            logger.notice("fenced", metadata: ["seconds": "\(ContinuousClock.now - started)"])
+        } catch {
+            logger.error("fencing failed; it is tried again", metadata: ["error": "\(DaemonError.from(error))"])
+            try? await node.catalog.dropFencing(fence.node, by: node.name)
+        }
+    }
+
+    private func recover(_ recovery: NodeLoss.Recovery) async {
+        var logger = node.logger
+        logger[metadataKey: "cluster"] = "\(recovery.cluster)"
+        let events: AsyncStream<OperationEvent>
+        do {
+            events = try await lifecycle.recover(recovery.cluster, vms: recovery.vms)
+        } catch {
+            // Busy (another node began it first), or no room: said once per change.
+            await note(recovery, "\(error)", logger: logger)
+            return
+        }
+        logger.warning("recovering the VMs of a lost node", metadata: ["vms": "\(recovery.vms)"])
+        for await event in events {
+            if event.kind == .failed {
+                logger.error("recovery failed", metadata: ["error": "\(event.error?.message ?? "-")"])
+            } else if event.kind == .done {
+                logger.notice("recovered", metadata: ["vms": "\(recovery.vms)"])
+            }
+        }
+    }
+
+    /// A recovery that cannot begin: the cluster is marked degraded with the reason (once),
+    /// unless another node is simply running it.
+    private func note(_ recovery: NodeLoss.Recovery, _ reason: String, logger: Logger) async {
+        guard !reason.contains("busy") else { return }
+        let message =
+            "degraded: \(recovery.vms.joined(separator: ", ")) not running since their node was lost: \(reason)"
+        do {
+            guard var found = try await node.catalog.cluster(recovery.cluster), found.value.message != message else {
+                return
+            }
+            found.value.message = message
+            try await node.catalog.update(found)
+            logger.warning("cluster degraded", metadata: ["reason": "\(reason)"])
+        } catch {}
+    }
+}
