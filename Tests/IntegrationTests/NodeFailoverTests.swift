@@ -14,13 +14,8 @@ import VCModel
     @Test(.timeLimit(.minutes(15)))
     func aKilledNodesVMsRunElsewhereFromTheirOwnDisks() async throws {
         try await NodeTestbed.with(computeNodes: 3) { bed in
-            let imported = try await bed.vc(bed.storage, ["image", "import", "tiny", Build.tinyImage])
-            #expect(imported.status == 0, "\(imported)")
             let name = "fo"
-            let created = try await bed.vc(
-                "n3", ["cluster", "create", name, "--image", "tiny", "--vms", "4", "--memory", "128M"])
-            try #require(created.status == 0, "\(created)")
-            let shown = try await bed.vcJSON("n3", ClusterStatus.self, ["cluster", "show", name])
+            let shown = try await makeCluster(bed, name, vms: 4)
             let perNode = Dictionary(grouping: shown.vms, by: \.node).mapValues(\.count)
             let victim = try #require(perNode.first { $0.value == 2 }?.key, "no node holds two VMs: \(perNode)")
             let witness = try #require(bed.nodes.first { $0 != victim })
@@ -32,16 +27,7 @@ import VCModel
 
             try await bed.kill(victim)
             let killed = ContinuousClock.now
-            let after = try await eventually(
-                "the VMs of \(victim) to run on other nodes", timeout: .seconds(120), every: .milliseconds(200)
-            ) { () async throws -> (ClusterStatus?, String) in
-                guard let s = try? await bed.vcJSON(witness, ClusterStatus.self, ["cluster", "show", name]) else {
-                    return (nil, "no answer from \(witness)")
-                }
-                let moved = s.vms.filter { vm in lost.contains { $0.name == vm.name } }
-                let done = s.operation == nil && moved.allSatisfy { $0.node != victim && $0.domain == "running" }
-                return (done ? s : nil, "\(moved.map { "\($0.name) on \($0.node): \($0.domain)" })")
-            }
+            let after = try await movedOff(bed, victim, cluster: name, vms: lost, asking: witness)
             print("node loss to every VM running elsewhere: \(ContinuousClock.now - killed)")
             #expect(after.cluster.state == .running, "\(after.cluster)")
 
@@ -68,11 +54,7 @@ import VCModel
 
             // Back, the node holds none of them and starts nothing of its old share.
             try await bed.restart(victim)
-            _ = try await eventually("\(victim) to drop its old domains", timeout: .seconds(90), every: .seconds(1)) {
-                let domains = try await bed.exec(victim, ["virsh", "-c", "qemu:///system", "list", "--all", "--name"])
-                let mine = domains.stdout.split(whereSeparator: \.isNewline).filter { $0.hasPrefix("\(name)-") }
-                return (mine.isEmpty ? true : nil, "\(mine)")
-            }
+            try await holdsNothing(bed, victim, of: name)
             let still = try await bed.vcJSON(witness, ClusterStatus.self, ["cluster", "show", name])
             #expect(still.vms.allSatisfy { $0.domain == "running" && $0.node != victim }, "\(still.vms)")
 
@@ -91,13 +73,8 @@ import VCModel
     @Test(.timeLimit(.minutes(15)), arguments: [Cut.everything, .etcdOutbound])
     func aCutOffNodeStopsItsVMsBeforeTheyRunElsewhere(cut: Cut) async throws {
         try await NodeTestbed.with(computeNodes: 3) { bed in
-            let imported = try await bed.vc(bed.storage, ["image", "import", "tiny", Build.tinyImage])
-            #expect(imported.status == 0, "\(imported)")
             let name = "cut"
-            let created = try await bed.vc(
-                "n3", ["cluster", "create", name, "--image", "tiny", "--vms", "3", "--memory", "128M"])
-            try #require(created.status == 0, "\(created)")
-            let shown = try await bed.vcJSON("n3", ClusterStatus.self, ["cluster", "show", name])
+            let shown = try await makeCluster(bed, name, vms: 3)
             let victim = try #require(shown.vms.first?.node)
             let witness = try #require(bed.nodes.first { $0 != victim })
             let lost = shown.cluster.vms.filter { $0.node == victim }
@@ -108,16 +85,7 @@ import VCModel
             case .everything: try await bed.partition([victim])
             case .etcdOutbound: try await bed.partition([victim], direction: .outbound, etcdOnly: true)
             }
-            let after = try await eventually(
-                "the VMs of \(victim) to run on other nodes", timeout: .seconds(120), every: .milliseconds(500)
-            ) { () async throws -> (ClusterStatus?, String) in
-                guard let s = try? await bed.vcJSON(witness, ClusterStatus.self, ["cluster", "show", name]) else {
-                    return (nil, "no answer from \(witness)")
-                }
-                let moved = s.vms.filter { vm in lost.contains { $0.name == vm.name } }
-                let done = s.operation == nil && moved.allSatisfy { $0.node != victim && $0.domain == "running" }
-                return (done ? s : nil, "\(moved.map { "\($0.name) on \($0.node): \($0.domain)" })")
-            }
+            let after = try await movedOff(bed, victim, cluster: name, vms: lost, asking: witness)
             // Cut off, it stopped them by itself.
             let running = try await bed.exec(victim, ["virsh", "-c", "qemu:///system", "list", "--name"])
             #expect(!running.stdout.contains("\(name)-"), "still running on \(victim): \(running.stdout)")
@@ -131,11 +99,7 @@ import VCModel
             }
 
             try await bed.heal()
-            _ = try await eventually("\(victim) to drop its old domains", timeout: .seconds(90), every: .seconds(1)) {
-                let domains = try await bed.exec(victim, ["virsh", "-c", "qemu:///system", "list", "--all", "--name"])
-                let mine = domains.stdout.split(whereSeparator: \.isNewline).filter { $0.hasPrefix("\(name)-") }
-                return (mine.isEmpty ? true : nil, "\(mine)")
-            }
+            try await holdsNothing(bed, victim, of: name)
             // A few more samples with the node back, then the verdict.
             try await Task.sleep(for: .seconds(3))
             sampling.cancel()
@@ -157,9 +121,80 @@ import VCModel
         }
     }
 
+    /// A node's vcd is stopped (SIGSTOP) for longer than its lease lives, then continued:
+    /// meanwhile its VM was fenced and runs on another node. Continued, the node does not
+    /// act on the lease it believed it held: it kills the stale QEMU, drops the domain,
+    /// admits no old name, registers anew and is ready again, and the cluster runs on.
+    @Test(.timeLimit(.minutes(10)))
+    func aNodeWhoseVcdWasStoppedPastItsLeaseStandsDown() async throws {
+        try await NodeTestbed.with(computeNodes: 3) { bed in
+            let name = "nap"
+            let shown = try await makeCluster(bed, name, vms: 3)
+            let victim = try #require(shown.vms.first?.node)
+            let witness = try #require(bed.nodes.first { $0 != victim })
+            let lost = shown.cluster.vms.filter { $0.node == victim }
+
+            try await bed.pause(victim)
+            let moved = try await movedOff(bed, victim, cluster: name, vms: lost, asking: witness)
+            try await bed.unpause(victim)
+            try await holdsNothing(bed, victim, of: name)
+            _ = try await eventually("\(victim) to be ready again", timeout: .seconds(60), every: .seconds(1)) {
+                let nodes = (try? await bed.vcJSON(witness, [NodeSummary].self, ["node", "list"])) ?? []
+                let state = nodes.first { $0.record.name == victim }?.state
+                return (state == .ready ? true : nil, "\(String(describing: state))")
+            }
+            let targets = try await bed.exec(
+                bed.storage, ["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"])
+            for vm in lost {
+                #expect(!targets.stdout.contains(vm.initiator), "\(vm.initiator) at tgtd:\n\(targets.stdout)")
+            }
+            let still = try await bed.vcJSON(witness, ClusterStatus.self, ["cluster", "show", name])
+            #expect(still.vms.allSatisfy { $0.domain == "running" }, "\(still.vms)")
+            #expect(still.cluster.vms.map(\.node) == moved.cluster.vms.map(\.node), "\(still.cluster.vms)")
+            let destroyed = try await bed.vc(witness, ["cluster", "destroy", name])
+            #expect(destroyed.status == 0, "\(destroyed)")
+        }
+    }
+
     enum Cut: String, Sendable, CustomTestStringConvertible {
         case everything, etcdOutbound
         var testDescription: String { rawValue }
+    }
+
+    /// Imports the tiny image and creates a cluster of `vms` 128 MiB VMs through n3.
+    func makeCluster(_ bed: NodeTestbed, _ name: String, vms: Int) async throws -> ClusterStatus {
+        let imported = try await bed.vc(bed.storage, ["image", "import", "tiny", Build.tinyImage])
+        #expect(imported.status == 0, "\(imported)")
+        let created = try await bed.vc(
+            "n3", ["cluster", "create", name, "--image", "tiny", "--vms", "\(vms)", "--memory", "128M"])
+        try #require(created.status == 0, "\(created)")
+        return try await bed.vcJSON("n3", ClusterStatus.self, ["cluster", "show", name])
+    }
+
+    /// Waits until every one of `vms` (placed on `victim` before) runs on another node and
+    /// no operation holds the cluster, as `witness` shows it.
+    func movedOff(
+        _ bed: NodeTestbed, _ victim: String, cluster name: String, vms lost: [VirtualMachine], asking witness: String
+    ) async throws -> ClusterStatus {
+        try await eventually(
+            "the VMs of \(victim) to run on other nodes", timeout: .seconds(120), every: .milliseconds(200)
+        ) { () async throws -> (ClusterStatus?, String) in
+            guard let s = try? await bed.vcJSON(witness, ClusterStatus.self, ["cluster", "show", name]) else {
+                return (nil, "no answer from \(witness)")
+            }
+            let moved = s.vms.filter { vm in lost.contains { $0.name == vm.name } }
+            let done = s.operation == nil && moved.allSatisfy { $0.node != victim && $0.domain == "running" }
+            return (done ? s : nil, "\(moved.map { "\($0.name) on \($0.node): \($0.domain)" })")
+        }
+    }
+
+    /// Waits until `node` has no domain of the cluster, running or defined.
+    func holdsNothing(_ bed: NodeTestbed, _ node: String, of name: String) async throws {
+        _ = try await eventually("\(node) to drop its domains of \(name)", timeout: .seconds(90), every: .seconds(1)) {
+            let domains = try await bed.exec(node, ["virsh", "-c", "qemu:///system", "list", "--all", "--name"])
+            let mine = domains.stdout.split(whereSeparator: \.isNewline).filter { $0.hasPrefix("\(name)-") }
+            return (mine.isEmpty ? true : nil, "\(mine)")
+        }
     }
 
     /// Waits for `line` on the serial console of `vm` as written on `node`.

@@ -60,4 +60,14 @@ import Testing
         #expect(plan.fences == [.init(node: "n3", initiators: [web.vms[1].initiator])])
         #expect(plan.recoveries.isEmpty)
     }
+
+    /// A failed cluster is fenced like any other but left to its administrator: its resume
+    /// places the fenced VMs anew.
+    @Test func aFailedClusterIsFencedButNotRecoveredByItself() {
+        let broken = Self.cluster("broken", state: .failed, nodes: ["n1", "n2"])
+        var plan = NodeLoss.plan(clusters: [broken], live: ["n1"], busy: [], fenced: [:])
+        #expect(plan.fences.map(\.node) == ["n2"])
+        plan = NodeLoss.plan(clusters: [broken], live: ["n1"], busy: [], fenced: Self.fenced("n2", [broken.vms[1]]))
+        #expect(plan.fences.isEmpty && plan.recoveries.isEmpty)
+    }
 }
