@@ -193,8 +193,7 @@ struct ExplainTimers: AsyncParsableCommand {
 
     /// What this vcd does not do yet of what the arithmetic describes.
     static let notYet =
-        "Not yet in this vcd: noticing a dead node by a watch (it reads the registrations every 0.5 s), "
-        + "and the systemd watchdog behind the self-fence."
+        "Not yet in this vcd: noticing a dead node by a watch (it reads the registrations every 0.5 s)."
 
     static func render(_ b: RecoveryBudget, sources: [String: String]) -> String {
         let s = b.settings

@@ -12,6 +12,8 @@ public actor Readiness {
     private var listening = false
     private var leaseHeld = false
     private var announced = false
+    /// When the lease's deadline watcher last went round its loop.
+    private var beat: ContinuousClock.Instant?
     private let status: String
 
     public init(status: String) { self.status = status }
@@ -26,7 +28,18 @@ public actor Readiness {
         announce()
     }
 
-    public var healthy: Bool { leaseHeld }
+    /// The watcher that takes the node's roles off and self-fences at the lease's
+    /// deadline is alive.
+    public func watcherBeat(at now: ContinuousClock.Instant = .now) { beat = now }
+
+    /// What systemd's watchdog is told: ready once, and the deadline watcher went round
+    /// within the last second. Not whether the lease is held: without etcd's quorum
+    /// anywhere the VMs are to keep running (`SelfFence`), and the watchdog's kill would
+    /// stop them.
+    public var healthy: Bool {
+        guard announced, let beat else { return false }
+        return ContinuousClock.now - beat < .seconds(1)
+    }
 
     private func announce() {
         guard listening, leaseHeld, !announced else { return }
@@ -139,6 +152,7 @@ public struct NodeLease: Service, CustomStringConvertible {
         var said = ""
         var lastAsked: ContinuousClock.Instant?
         while !Task.isCancelled {
+            await readiness.watcherBeat()
             if await node.lease.expire(now: .now) {
                 node.logger.warning("lease not renewed in time: gateway addresses taken off")
                 await readiness.lease(held: false)
@@ -212,9 +226,10 @@ public struct NodeLease: Service, CustomStringConvertible {
     }
 }
 
-/// Pings systemd's watchdog at half its interval while the node is healthy. A vcd that
-/// hangs, or that cannot keep its lease, stops pinging and is restarted by systemd. Says
-/// STOPPING=1 as soon as the graceful shutdown begins.
+/// Pings systemd's watchdog at half its interval while the lease's deadline watcher runs
+/// (`Readiness.healthy`). A vcd that hangs stops pinging; systemd kills it and its
+/// `ExecStopPost` stops the node's VMs (systemd/vcd.service), since a hung vcd can no
+/// longer self-fence. Says STOPPING=1 as soon as the graceful shutdown begins.
 public struct WatchdogService: Service, CustomStringConvertible {
     let readiness: Readiness
     public var description: String { "Watchdog" }
