@@ -151,6 +151,11 @@ public struct NodeLease: Service, CustomStringConvertible {
         var pending = false
         var said = ""
         var lastAsked: ContinuousClock.Instant?
+        // Asked already while the renewal was late, so that a node cut off stops right at
+        // its deadline instead of a question later.
+        var early: (verdict: SelfFence.Verdict, at: ContinuousClock.Instant)?
+        let ttl = Duration.seconds(max(node.configuration.leaseTTLSeconds, 2))
+        let lateWindow = max(.zero, ttl - Self.margin - ttl / 3 - .milliseconds(250))
         while !Task.isCancelled {
             await readiness.watcherBeat()
             if await node.lease.expire(now: .now) {
@@ -159,17 +164,31 @@ public struct NodeLease: Service, CustomStringConvertible {
                 await ClusterBridge.releaseGatewaysOnHost(plan: node.addresses, logger: node.logger)
                 (pending, said, lastAsked) = (true, "", nil)
             }
+            let until = await node.lease.until
+            let late = until.map { ContinuousClock.now >= $0 - lateWindow } ?? false
+            if !pending && !late { early = nil }
             if pending, await node.lease.id != nil {
                 pending = false
-            } else if pending, lastAsked.map({ .now - $0 >= .milliseconds(250) }) ?? true {
+            } else if pending || late, lastAsked.map({ .now - $0 >= .milliseconds(250) }) ?? true {
                 lastAsked = .now
-                switch await selfFenceVerdict() {
+                let verdict: SelfFence.Verdict
+                if pending, let e = early, case .stop = e.verdict, ContinuousClock.now - e.at < .milliseconds(1500) {
+                    verdict = e.verdict
+                } else {
+                    verdict = await selfFenceVerdict()
+                    early = (verdict, .now)
+                }
+                guard pending else {
+                    try? await Task.sleep(for: .milliseconds(100))
+                    continue
+                }
+                switch verdict {
                 case .stop(let reason):
                     let stopped = await Self.stopEveryGuest(node)
                     node.logger.critical(
                         "self-fenced: every VM of this node is stopped",
                         metadata: ["reason": "\(reason)", "stopped": "\(stopped)"])
-                    pending = false
+                    (pending, early) = (false, nil)
                 case .keepRunning(let reason):
                     if reason != said {
                         node.logger.warning("lease not renewed; VMs keep running", metadata: ["reason": "\(reason)"])

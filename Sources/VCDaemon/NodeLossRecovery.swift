@@ -56,6 +56,12 @@ struct NodeLossRecovery: Sendable {
         logger[metadataKey: "dead-node"] = "\(fence.node)"
         do {
             guard try await node.catalog.claimFencing(fence.node, by: node.name, lease: lease) else { return }
+            // Another node may have fenced them between this pass's read and the claim.
+            if let done = try await node.catalog.fenced()[fence.node], done.initiators.isSuperset(of: fence.initiators)
+            {
+                try await node.catalog.dropFencing(fence.node, by: node.name)
+                return
+            }
         } catch {
             return
         }

@@ -17,15 +17,24 @@ import Testing
         #expect(Self.stops([.silent, .silent]))
     }
 
-    /// A renewal that is only slow: etcd still counts seconds on the lease.
-    @Test func whileEtcdCountsMoreThanASecondTheVMsKeepRunning() {
-        #expect(!Self.stops([.left(seconds: 2), .silent]))
+    /// A renewal that is only late (an etcd election): etcd still counts time on the lease.
+    @Test func whileEtcdCountsTimeLeftTheVMsKeepRunning() {
+        #expect(!Self.stops([.left(seconds: 1), .silent]))
         #expect(!Self.stops([.left(seconds: 3), .unknown]))
     }
 
-    @Test func atASecondLeftOrExpiredTheyStopWhateverOthersSay() {
-        #expect(Self.stops([.left(seconds: 1), .left(seconds: 3)]))
+    /// Expired (0: not yet revoked, -1: gone) as every node that could ask etcd says: they
+    /// stop. One that still sees time left (an election seen half-way) keeps them.
+    @Test func onceEveryoneWhoKnowsSaysExpiredTheyStop() {
         #expect(Self.stops([.left(seconds: -1), .unknown, .silent]))
+        #expect(Self.stops([.left(seconds: 0), .left(seconds: -1)]))
+        #expect(!Self.stops([.left(seconds: 0), .left(seconds: 3)]))
+    }
+
+    /// A member without the lease's expiry (not the leader) reports it as lasting for ever.
+    @Test func forEverIsNoAnswer() {
+        #expect(!Self.stops([.left(seconds: 9_223_372_036), .unknown]))
+        #expect(Self.stops([.left(seconds: 9_223_372_036), .left(seconds: -1)]))
     }
 
     /// etcd without a quorum anywhere: nobody can fence or move anything, so stopping
