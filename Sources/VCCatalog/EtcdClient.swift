@@ -351,11 +351,12 @@ public struct EtcdClient: Sendable {
     }
 
     /// How long a lease has left as etcd's leader counts it, in seconds rounded up; -1
-    /// when it has expired (or never existed). Any client may ask about any lease.
-    public func timeToLive(lease: Int64) async throws(CatalogError) -> Int {
+    /// when it is gone (expired and revoked, or never existed); nil when the answer says
+    /// neither (the gateway leaves a zero out, so an answer without a TTL cannot be told
+    /// from one that lacks it for another reason). Any client may ask about any lease.
+    public func timeToLive(lease: Int64) async throws(CatalogError) -> Int? {
         let r: LeaseTimeToLive = try await call("/v3/lease/timetolive", ["ID": String(lease)])
-        // The gateway leaves out a zero: under a second left reads as 0.
-        return r.ttl.flatMap(Int.init) ?? 0
+        return r.ttl.flatMap(Int.init)
     }
 
     public func revoke(lease: Int64) async throws(CatalogError) {

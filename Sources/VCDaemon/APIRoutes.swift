@@ -107,7 +107,7 @@ struct APIRoutes: Sendable {
             try await respond { () async throws -> LeaseAnswer in
                 let body = try await decode(LeaseQuestion.self, request, context)
                 let seconds = await within(.milliseconds(700)) { () async -> Int? in
-                    try? await node.catalog.etcd.timeToLive(lease: body.lease)
+                    (try? await node.catalog.etcd.timeToLive(lease: body.lease)) ?? nil
                 }
                 return LeaseAnswer(seconds: seconds)
             }

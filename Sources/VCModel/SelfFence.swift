@@ -13,9 +13,11 @@
 /// earlier, at one second left, stopped healthy nodes whose renewals were late during an
 /// etcd election and came back a moment later.
 public enum SelfFence {
-    /// etcd rounds the time left up to whole seconds: 0 is expired but not yet revoked
-    /// (its expiry scan runs every half second), -1 gone.
-    public static let stopAtSecondsLeft = 0
+    /// etcd rounds the time left up to whole seconds, and says -1 once the lease is gone
+    /// (revoked by its expiry scan, every half second, which also deletes the node's
+    /// registration: the instant the others notice it). Only that stops the VMs: answers
+    /// of 0 came from leases that lived on.
+    public static let stopAtSecondsLeft = -1
     /// At and above this many seconds "left", a lease has no expiry on the member that
     /// answered (etcd reports `Int64.max` nanoseconds): not an answer.
     public static let forever = 1 << 30

@@ -23,12 +23,13 @@ import Testing
         #expect(!Self.stops([.left(seconds: 3), .unknown]))
     }
 
-    /// Expired (0: not yet revoked, -1: gone) as every node that could ask etcd says: they
-    /// stop. One that still sees time left (an election seen half-way) keeps them.
-    @Test func onceEveryoneWhoKnowsSaysExpiredTheyStop() {
+    /// Gone (-1) as every node that could ask etcd says: they stop. One that still sees
+    /// time left (an election seen half-way) keeps them, and so does 0.
+    @Test func onceEveryoneWhoKnowsSaysGoneTheyStop() {
         #expect(Self.stops([.left(seconds: -1), .unknown, .silent]))
-        #expect(Self.stops([.left(seconds: 0), .left(seconds: -1)]))
-        #expect(!Self.stops([.left(seconds: 0), .left(seconds: 3)]))
+        #expect(Self.stops([.left(seconds: -1), .left(seconds: -1)]))
+        #expect(!Self.stops([.left(seconds: -1), .left(seconds: 3)]))
+        #expect(!Self.stops([.left(seconds: 0), .unknown]))
     }
 
     /// A member without the lease's expiry (not the leader) reports it as lasting for ever.
