@@ -159,9 +159,15 @@ public struct NodeLease: Service, CustomStringConvertible {
         while !Task.isCancelled {
             await readiness.watcherBeat()
             if await node.lease.expire(now: .now) {
-                node.logger.warning("lease not renewed in time: gateway addresses taken off")
                 await readiness.lease(held: false)
-                await ClusterBridge.releaseGatewaysOnHost(plan: node.addresses, logger: node.logger)
+                // Only another node could take a gateway address over: a node that never
+                // saw one keeps them (its guests keep DNS and DHCP on `.1`).
+                if await !node.lease.witnesses.isEmpty {
+                    node.logger.warning("lease not renewed in time: gateway addresses taken off")
+                    await ClusterBridge.releaseGatewaysOnHost(plan: node.addresses, logger: node.logger)
+                } else {
+                    node.logger.warning("lease not renewed in time; no other node: gateway addresses kept")
+                }
                 (pending, said, lastAsked) = (true, "", nil)
             }
             let until = await node.lease.until
