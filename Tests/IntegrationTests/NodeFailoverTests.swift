@@ -111,7 +111,11 @@ import VCModel
             for vm in lost {
                 #expect(!again.stdout.contains(vm.initiator), "\(vm.initiator) back at tgtd:\n\(again.stdout)")
             }
-            let still = try await bed.vcJSON(witness, ClusterStatus.self, ["cluster", "show", name])
+            // Read through etcd's election after the heal.
+            let still = try await eventually("the cluster after the heal", timeout: .seconds(60), every: .seconds(1)) {
+                let s = try? await bed.vcJSON(witness, ClusterStatus.self, ["cluster", "show", name])
+                return (s, "no answer")
+            }
             #expect(still.vms.allSatisfy { $0.domain == "running" }, "\(still.vms)")
             if !still.vms.allSatisfy({ $0.domain == "running" }) { bed.dumpLogs() }
             #expect(still.cluster.vms.map(\.node) == after.cluster.vms.map(\.node))

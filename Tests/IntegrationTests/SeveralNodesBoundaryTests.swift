@@ -99,7 +99,15 @@ import VCModel
             }
 
             for c in clusters {
-                let destroyed = try await bed.vc("n3", ["cluster", "destroy", c.cluster.name])
+                // The cut-off node's VMs were recovered elsewhere: that operation may still
+                // hold the cluster (and etcd may be electing after the heal).
+                let destroyed = try await eventually(
+                    "destroy of \(c.cluster.name)", timeout: .seconds(120), every: .seconds(2)
+                ) {
+                    let r = try await bed.vc("n3", ["cluster", "destroy", c.cluster.name])
+                    let retry = r.stderr.contains("is busy") || r.stderr.contains("no quorum at the moment")
+                    return (retry ? nil : r, r.stderr)
+                }
                 #expect(destroyed.status == 0, "\(destroyed)")
                 let left = try await leftovers(bed, of: c, on: bed.nodes)
                 #expect(left.isEmpty, "\(left)")
