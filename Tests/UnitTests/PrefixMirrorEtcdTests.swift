@@ -7,8 +7,8 @@ import VCModel
 
 /// The cluster mirror against a real etcd of the test's own: one member on loopback ports
 /// 24791/24801 (not the machine's 2379, nor the failover test's 2379x), in a temporary
-/// data directory, stopped and removed on every exit path. Skipped where etcd is not
-/// installed. Filter: `swift test --filter PrefixMirrorEtcdTests`.
+/// data directory, stopped and removed on every exit path. Fails where etcd is not
+/// installed (`make test` installs it). Filter: `swift test --filter PrefixMirrorEtcdTests`.
 @Suite(.serialized) struct PrefixMirrorEtcdTests {
     static let endpoint = "http://127.0.0.1:24791"
 
@@ -92,8 +92,8 @@ import VCModel
             updatedAt: epoch)
     }
 
-    @Test(.enabled(if: OwnEtcd.path != nil, "etcd is not installed"))
-    func listingsFollowEveryWriteAndSurviveARestartOfEtcd() async throws {
+    @Test func listingsFollowEveryWriteAndSurviveARestartOfEtcd() async throws {
+        try #require(OwnEtcd.path != nil, "etcd is not installed: make test installs it (scripts/setup.sh)")
         let etcd = try OwnEtcd()
         defer { etcd.remove() }
         try etcd.start()
