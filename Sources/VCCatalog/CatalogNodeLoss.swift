@@ -4,9 +4,8 @@ import VCModel
 /// What the live nodes write about a node that died: who fences it now (a claim under the
 /// fencer's lease) and which of its incarnations are fenced for good.
 extension Catalog {
-
-    /// Who is fencing a dead node now: held under that node's lease, so that the claim
-    /// dies with it and another live node fences instead.
+    /// Who is fencing a dead node now: held under the fencer's lease, so that the claim
+    /// dies with the fencer and another live node fences instead.
     public func fencingKey(_ node: String) -> String { "\(prefix)/fencing/\(node)" }
     /// The incarnations fenced on a node, for good.
     public func fencedKey(_ node: String) -> String { "\(prefix)/fenced/\(node)" }

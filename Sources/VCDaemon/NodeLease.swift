@@ -73,7 +73,7 @@ public actor HeldLease {
     }
 
     /// The other nodes that registered, as last read: asked, when this node's lease runs
-    /// out, whether they still hold theirs (see `NodeLease.selfFence`).
+    /// out, how long etcd still gives its lease (see `SelfFence`).
     public private(set) var witnesses: [NodeRecord] = []
 
     func seen(_ others: [NodeRecord]) { witnesses = others }
@@ -98,6 +98,11 @@ public struct NodeLease: Service, CustomStringConvertible {
     /// Work under the lease stops this long before the lease can have expired.
     static let margin = Duration.seconds(1)
 
+    /// The TTL asked of etcd, whole seconds (etcd's smallest at its default timers is 2).
+    private var ttlSeconds: Int { max(node.configuration.leaseTTLSeconds, 2) }
+    /// Between renewals that succeed: a third of the TTL, as `etcdctl lease keep-alive`.
+    private var renewalPeriod: Duration { .seconds(ttlSeconds) / 3 }
+
     public func run() async throws {
         await withDiscardingTaskGroup { group in
             group.addTask { await watchDeadline() }
@@ -108,7 +113,7 @@ public struct NodeLease: Service, CustomStringConvertible {
 
     private func renew() async {
         var lease: Int64?
-        let ttl = max(node.configuration.leaseTTLSeconds, 2)
+        let ttl = ttlSeconds
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let sent = ContinuousClock.now
             var failed = false
@@ -136,7 +141,7 @@ public struct NodeLease: Service, CustomStringConvertible {
                 failed = true
             }
             // After a failure, soon again (an etcd election ends within a second or two).
-            let pause: Duration = failed ? LeaseMachine.Timers.defaultRetryDelay : .seconds(Double(ttl) / 3)
+            let pause = failed ? LeaseMachine.Timers.defaultRetryDelay : renewalPeriod
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: pause) }
         }
         await node.lease.set(nil)
@@ -154,8 +159,7 @@ public struct NodeLease: Service, CustomStringConvertible {
         // Asked already while the renewal was late, so that a node cut off stops right at
         // its deadline instead of a question later.
         var early: (verdict: SelfFence.Verdict, at: ContinuousClock.Instant)?
-        let ttl = Duration.seconds(max(node.configuration.leaseTTLSeconds, 2))
-        let lateWindow = max(.zero, ttl - Self.margin - ttl / 3 - .milliseconds(250))
+        let lateWindow = max(.zero, .seconds(ttlSeconds) - Self.margin - renewalPeriod - .milliseconds(250))
         while !Task.isCancelled {
             await readiness.watcherBeat()
             if await node.lease.expire(now: .now) {

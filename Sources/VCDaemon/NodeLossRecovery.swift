@@ -37,8 +37,9 @@ struct NodeLossRecovery: Sendable {
             let registered = try await members
             await node.lease.seen(registered.filter { $0.name != node.name })
             let everyone = Set(registered.map(\.name))
+            if everyone.isSubset(of: alive) && !thorough { return }
             let fenced = try await node.catalog.fenced()
-            if everyone.isSubset(of: alive) && (fenced.isEmpty || !thorough) { return }
+            if everyone.isSubset(of: alive) && fenced.isEmpty { return }
             async let clusters = node.catalog.clusters()
             async let operations = node.catalog.operations()
             plan = NodeLoss.plan(

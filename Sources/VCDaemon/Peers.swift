@@ -63,13 +63,11 @@ struct PeerCalls: Sendable {
     /// Whether the node's vcd answers within `bound`: asked of a node without a lease before
     /// an undo is sent to it, so that one that is down costs at most `bound`.
     func answers(_ record: NodeRecord, within bound: Duration = .seconds(2)) async -> Bool {
-        do {
-            let _: [String: String] = try await client(record).post(
+        await within(bound) { () async -> Bool? in
+            let states: [String: String]? = try? await client(record).post(
                 "/\(API.version)/internal/domains", body: DomainStatesRequest(names: []), timeout: bound)
-            return true
-        } catch {
-            return false
-        }
+            return states != nil
+        } ?? false
     }
 
     func domainStates(_ names: [String], on record: NodeRecord) async throws -> [String: String] {

@@ -2,6 +2,7 @@ import Foundation
 import ISCSI
 import Libvirt
 import Logging
+import Synchronization
 import VCHost
 import VCModel
 import VCNetwork
@@ -22,6 +23,9 @@ struct StepRunner: Sendable {
     /// The disks' CHAP passwords when the caller holds them (a create); read from the
     /// catalog otherwise.
     var secrets: ClusterSecrets? = nil
+    /// Nodes without a lease that did not answer an undo's probe: the rest of the plan's
+    /// undo leaves them to their reconciler at once instead of waiting for each step.
+    private let silent = SilentNodes()
 
     private var logger: Logger {
         var l = node.logger
@@ -90,13 +94,16 @@ struct StepRunner: Sendable {
         var target = record
         if target == nil { target = try await node.liveNode(name) }
         guard let target else {
-            if undo, let member = try await node.member(name), await node.peers.answers(member) {
+            if undo, !silent.contains(name), let member = try await node.member(name),
+                await node.peers.answers(member)
+            {
                 // Without a lease (lapsed, or not renewed yet after a partition) but up:
                 // it removes its share now rather than at its next reconcile pass.
                 try await node.peers.perform(step, undo: true, cluster: cluster, image: image, on: member)
                 return
             }
             if undo {
+                silent.insert(name)
                 // Its domains, bridges and rules are placed nowhere now: the node removes
                 // them itself when it comes back (see the reconciler), before it starts anything.
                 logger.warning(
@@ -374,4 +381,12 @@ struct StepRunner: Sendable {
     private func makeConsoleDirectory() throws {
         try HostFiles.makeDirectories("\(node.consoleDirectory)/\(cluster.name)")
     }
+}
+
+/// The names one plan's undo found silent; shared by the copies of its runner.
+final class SilentNodes: Sendable {
+    private let names = Mutex<Set<String>>([])
+
+    func contains(_ name: String) -> Bool { names.withLock { $0.contains(name) } }
+    func insert(_ name: String) { _ = names.withLock { $0.insert(name) } }
 }

@@ -187,7 +187,11 @@ public actor TargetExporter {
                     for name in t.initiators where initiators.contains(name) {
                         try await send(.unbindInitiator(tid: t.tid, name: name), tolerating: [.noRule, .noTarget])
                     }
-                    for c in try await connections(tid: t.tid) where initiators.contains(c.initiator) {
+                    // The target listing names every initiator with a session (I_T nexus):
+                    // only those targets' connections are listed.
+                    let connected = t.connected.contains { initiators.contains($0) }
+                    for c in connected ? try await connections(tid: t.tid) : []
+                    where initiators.contains(c.initiator) {
                         left += 1
                         cut.insert(t.iqn)
                         try await send(
