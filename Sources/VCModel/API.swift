@@ -192,3 +192,17 @@ public struct NodeSummary: Codable, Sendable, Equatable {
         self.cordonReason = cordonReason
     }
 }
+
+/// `POST /v1/nodes/NAME/cordon`: close a node to new VMs.
+public struct CordonRequest: Codable, Sendable, Equatable {
+    /// Why, as `vc node list` shows it.
+    public var reason: String?
+    public init(reason: String? = nil) { self.reason = reason }
+}
+
+/// `POST /v1/nodes/NAME/drain`: move every VM off a node while it runs.
+public struct DrainRequest: Codable, Sendable, Equatable {
+    /// Suspend the clusters whose VMs fit on no other node, instead of refusing.
+    public var force: Bool?
+    public init(force: Bool? = nil) { self.force = force }
+}

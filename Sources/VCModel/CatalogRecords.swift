@@ -104,6 +104,10 @@ public struct VirtualMachine: Codable, Sendable, Equatable {
     /// Raised by every new placement, by compare-and-swap of the cluster record, so that
     /// an incarnation's initiator name is never used, and so never admitted, twice.
     public var generation: Int
+    /// The highest generation ever admitted at the storage, when a migration that failed
+    /// gave the VM back to its old incarnation: the next placement goes above it, so that
+    /// the name the destination was admitted under is never used again.
+    public var spentGeneration: Int?
     public var diskIQN: String
     /// Pool-relative path of its private copy-on-write disk.
     public var diskFile: String
@@ -125,7 +129,9 @@ public struct VirtualMachine: Codable, Sendable, Equatable {
         self.saveFile = saveFile
     }
 
-    enum CodingKeys: String, CodingKey { case name, index, mac, ip, node, generation, diskIQN, diskFile, saveFile }
+    enum CodingKeys: String, CodingKey {
+        case name, index, mac, ip, node, generation, spentGeneration, diskIQN, diskFile, saveFile
+    }
 
     /// Records written before placements had generations are generation 0, whose
     /// incarnation still logs in with the node's name (so an upgrade restarts nothing).
@@ -137,10 +143,14 @@ public struct VirtualMachine: Codable, Sendable, Equatable {
         ip = try c.decode(String.self, forKey: .ip)
         node = try c.decode(String.self, forKey: .node)
         generation = try c.decodeIfPresent(Int.self, forKey: .generation) ?? 0
+        spentGeneration = try c.decodeIfPresent(Int.self, forKey: .spentGeneration)
         diskIQN = try c.decode(String.self, forKey: .diskIQN)
         diskFile = try c.decode(String.self, forKey: .diskFile)
         saveFile = try c.decode(String.self, forKey: .saveFile)
     }
+
+    /// The generation of its next placement: above every one admitted so far.
+    public var nextGeneration: Int { max(generation, spentGeneration ?? 0) + 1 }
 
     /// The initiator name this incarnation logs in with.
     public var initiator: String {
@@ -181,23 +191,51 @@ public struct VirtualCluster: Codable, Sendable, Equatable {
 public struct ClusterOperation: Codable, Sendable, Equatable {
     /// `recover` places again and starts the VMs whose node died (`NodeLoss`), once their
     /// incarnations are fenced at the storage.
-    public enum Kind: String, Codable, Sendable { case create, destroy, suspend, resume, recover }
+    ///
+    /// `migrate` moves running VMs to other nodes while their guests run (a drain); the
+    /// cluster record places them at their destination from the start, and `origins`
+    /// says where each one ran before.
+    public enum Kind: String, Codable, Sendable { case create, destroy, suspend, resume, recover, migrate }
+
+    /// Where a migrating VM ran: its node and the generation of its incarnation there.
+    public struct Origin: Codable, Sendable, Equatable {
+        public var node: String
+        public var generation: Int
+
+        public init(node: String, generation: Int) {
+            self.node = node
+            self.generation = generation
+        }
+
+        /// The initiator name of the incarnation on its origin.
+        public func initiator(vm: String) -> String {
+            generation == 0
+                ? Naming.initiatorIQN(node: node) : Naming.initiatorIQN(node: node, vm: vm, generation: generation)
+        }
+    }
 
     public var id: String
     public var kind: Kind
     public var cluster: String
     public var node: String
     public var startedAt: Date
-    /// The VMs a recovery places again and starts (nil for every other kind).
+    /// The VMs a recovery places again and starts, or a migration moves (nil for every
+    /// other kind).
     public var vms: [String]?
+    /// Where each VM of a migration ran before, by VM.
+    public var origins: [String: Origin]?
 
-    public init(id: String, kind: Kind, cluster: String, node: String, startedAt: Date, vms: [String]? = nil) {
+    public init(
+        id: String, kind: Kind, cluster: String, node: String, startedAt: Date, vms: [String]? = nil,
+        origins: [String: Origin]? = nil
+    ) {
         self.id = id
         self.kind = kind
         self.cluster = cluster
         self.node = node
         self.startedAt = startedAt
         self.vms = vms
+        self.origins = origins
     }
 
     /// What a restarted vcd does with an operation it finds unfinished: a create that
@@ -206,7 +244,7 @@ public struct ClusterOperation: Codable, Sendable, Equatable {
     public var recovery: Recovery {
         switch kind {
         case .create: return .rollBack
-        case .destroy, .suspend, .resume, .recover: return .rollForward
+        case .destroy, .suspend, .resume, .recover, .migrate: return .rollForward
         }
     }
 

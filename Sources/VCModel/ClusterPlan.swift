@@ -31,6 +31,13 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
     case release(vm: String)
     /// Save the domain's memory to the pool and stop it.
     case save(vm: String)
+    /// Admit the VM's new incarnation at its disk's target beside the one running now, so
+    /// that the destination of a live migration can log in before the source pauses.
+    case admit(vm: String)
+    /// Move the running VM from its origin to the node it is placed on now, while the
+    /// guest runs; when that fails, save it to the storage node instead (its start on the
+    /// destination then restores it). Runs on the origin.
+    case migrate(vm: String)
 
     public var description: String {
         switch self {
@@ -46,6 +53,8 @@ public enum Step: Hashable, Sendable, CustomStringConvertible {
         case .start(let vm): return "start \(vm)"
         case .release(let vm): return "release \(vm)"
         case .save(let vm): return "save \(vm)"
+        case .admit(let vm): return "admit \(vm)"
+        case .migrate(let vm): return "migrate \(vm)"
         }
     }
 }
@@ -67,6 +76,8 @@ extension Step {
         case ("start", let vm?): self = .start(vm: vm)
         case ("release", let vm?): self = .release(vm: vm)
         case ("save", let vm?): self = .save(vm: vm)
+        case ("admit", let vm?): self = .admit(vm: vm)
+        case ("migrate", let vm?): self = .migrate(vm: vm)
         default: return nil
         }
     }
@@ -76,23 +87,25 @@ extension Step {
         switch self {
         case .firewall, .bridge, .overlay, .dhcp: return nil
         case .snapshot(let vm), .export(let vm), .verify(let vm), .secret(let vm), .define(let vm), .start(let vm),
-            .release(let vm), .save(let vm):
+            .release(let vm), .save(let vm), .admit(let vm), .migrate(let vm):
             return vm
         }
     }
 
     /// Where a step runs: on the storage node (the disk and its target), on the VM's node,
-    /// or on every node that hosts one of the cluster's VMs (its network).
+    /// on every node that hosts one of the cluster's VMs (its network), or, for a
+    /// migration, on the node the VM runs on before it.
     public var site: StepSite {
         switch self {
-        case .snapshot, .export: return .storage
+        case .snapshot, .export, .admit: return .storage
         case .firewall, .bridge, .overlay, .dhcp: return .everyHost
         case .verify, .secret, .define, .start, .release, .save: return .vmHost
+        case .migrate: return .origin
         }
     }
 }
 
-public enum StepSite: Sendable, Equatable { case storage, vmHost, everyHost }
+public enum StepSite: Sendable, Equatable { case storage, vmHost, everyHost, origin }
 
 /// The steps of an operation: a shared part done first (network), then one chain per VM,
 /// run in parallel, then the final steps, also in parallel. Undo runs the VM chains
@@ -170,6 +183,44 @@ extension ClusterPlan {
             },
             final: moved.map { .release(vm: $0.name) }
         )
+    }
+}
+
+extension ClusterPlan {
+    /// Moving `vms` of a running cluster to the nodes they are placed on now, while their
+    /// guests run (a drain). The network is made sure of on every node that hosts the
+    /// cluster before or after; then, per VM: the destination's incarnation is admitted
+    /// beside the running one, its secret and definition made on the destination, the
+    /// guest migrated (or, failing that, saved to the storage node), started there if the
+    /// migration did not (a restore of the saved memory), and last its disk exported to
+    /// the new incarnation alone, which unbinds the old one for good.
+    public static func migrate(_ cluster: VirtualCluster, vms: [String]) -> ClusterPlan {
+        let moved = cluster.vms.filter { vms.contains($0.name) }
+        return ClusterPlan(
+            shared: [.firewall, .bridge, .overlay, .dhcp],
+            machines: moved.map {
+                [
+                    .admit(vm: $0.name), .secret(vm: $0.name), .define(vm: $0.name), .migrate(vm: $0.name),
+                    .start(vm: $0.name), .export(vm: $0.name),
+                ]
+            },
+            final: moved.map { .release(vm: $0.name) }
+        )
+    }
+}
+
+extension ClusterPlan {
+    /// Settling a migration that failed or lost its vcd (`MigrationOutcome`): the VMs that
+    /// run on their destination, or nowhere, get the rest of their chain there (all of it
+    /// idempotent: a start of a running domain does nothing, of a saved one restores it),
+    /// and their disks are exported to the new incarnation alone; the VMs that stayed
+    /// have their disks exported to their old incarnation alone again.
+    public static func settleMigration(restarted: [String], stayed: [String]) -> ClusterPlan {
+        ClusterPlan(
+            shared: [.firewall, .bridge, .overlay, .dhcp],
+            machines: restarted.map { [.secret(vm: $0), .define(vm: $0), .start(vm: $0), .export(vm: $0)] }
+                + stayed.map { [.export(vm: $0)] },
+            final: restarted.map { .release(vm: $0) })
     }
 }
 

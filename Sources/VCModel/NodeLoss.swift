@@ -53,11 +53,23 @@ public enum NodeLoss {
     ///   fenced incarnation still placed: on a dead node, or on a node that came back
     ///   (which must not start that incarnation again). A failed cluster is left to its
     ///   administrator: its resume places the fenced VMs anew.
+    /// - A migrating VM (`origins` of a migration in progress) whose origin node holds no
+    ///   lease has its incarnation there fenced too: it is still admitted, and its QEMU
+    ///   may still write, until the migration is settled.
     public static func plan(
-        clusters: [VirtualCluster], live: Set<String>, busy: Set<String>, fenced: [String: Fenced]
+        clusters: [VirtualCluster], live: Set<String>, busy: Set<String>, fenced: [String: Fenced],
+        migrations: [ClusterOperation] = []
     ) -> (fences: [Fence], recoveries: [Recovery]) {
         var toFence: [String: Set<String>] = [:]
         var recoveries: [Recovery] = []
+        for operation in migrations where operation.kind == .migrate {
+            for (vm, origin) in operation.origins ?? [:] where !live.contains(origin.node) {
+                let name = origin.initiator(vm: vm)
+                if !(fenced[origin.node]?.initiators.contains(name) ?? false) {
+                    toFence[origin.node, default: []].insert(name)
+                }
+            }
+        }
         for cluster in clusters.sorted(by: { $0.name < $1.name }) where cluster.state != .suspended {
             var waiting = false
             var moved: [String] = []
