@@ -260,9 +260,16 @@ make_node_files() { # NODE ROLE
   # SMBIOS to tell nodes apart: each node gets its own.
   [ -f "$d/host-uuid" ] || cat /proc/sys/kernel/random/uuid >"$d/host-uuid"
   cat >"$d/etc/libvirtd.conf" <<EOF
-# Node $n of the Peerless testbed. Only the local socket for now (no listen_tcp).
+# Node $n of the Peerless testbed. Besides the local socket, TCP on the node's underlay
+# address only, for live migration between the nodes' libvirtds (peer-to-peer: the
+# source's libvirtd calls the destination's). Who may reach it: the other nodes on the
+# testbed's underlay; guests cannot (their tenant boundary admits DHCP and DNS only).
+# Without authentication, as befits a private test underlay; a production underlay uses
+# listen_tls with the nodes' certificates instead (see the README).
 listen_tls = 0
-listen_tcp = 0
+listen_tcp = 1
+listen_addr = "$addr"
+auth_tcp = "none"
 host_uuid = "$(cat "$d/host-uuid")"
 EOF
   chown libvirt-qemu:libvirt-qemu "$d/lib/qemu"
@@ -380,7 +387,7 @@ start_system_daemons() { # NODE
   else
     # A private /run means a private virtlogd: libvirtd finds it by its socket there.
     spawn "$n" virtlogd virtlogd
-    spawn "$n" libvirtd libvirtd -f /etc/libvirt/libvirtd.conf
+    spawn "$n" libvirtd libvirtd --listen -f /etc/libvirt/libvirtd.conf
     echo "libvirtd libvirt_ok $n"
     if is_member "$n" && [ -d "$tb/$n/etcd" ]; then
       start_etcd "$n"

@@ -298,6 +298,14 @@ public struct Catalog: Sendable {
         return out
     }
 
+    /// Closes `node` to new VMs, saying why. Idempotent; a second reason replaces the first.
+    public func cordon(_ node: String, reason: String) async throws(CatalogError) {
+        try await etcd.put(cordonKey(node), Array(reason.utf8))
+    }
+
+    /// Opens `node` to new VMs again. Idempotent.
+    public func uncordon(_ node: String) async throws(CatalogError) { try await etcd.delete(cordonKey(node)) }
+
     /// Moves an operation whose node holds no lease any more to `node`, so that it is
     /// finished or undone by a live one. Fails (false) if the entry changed or its owner
     /// is alive again.

@@ -97,7 +97,92 @@ public struct VCNode: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "vcnode", abstract: "Peerless node agent, for the hardware technician.",
         discussion: "Talks to the vcd of this node over its local socket.",
-        subcommands: [NodeStatusCommand.self])
+        subcommands: [
+            NodeStatusCommand.self, NodeCordonCommand.self, NodeUncordonCommand.self, NodeDrainCommand.self,
+        ])
 
     public init() {}
+}
+
+/// The node a hot-swap command acts on: the one named, else the node whose vcd answers.
+enum NodeTarget {
+    static func resolve(_ name: String?, global: GlobalOptions) async throws -> String {
+        if let name { return name }
+        let status: NodeStatus = try await global.client.get("/v1/node")
+        return status.record.name
+    }
+
+    static func printSummary(_ n: NodeSummary, global: GlobalOptions) {
+        if global.output == .json { return print(Render.json(n)) }
+        let why = n.cordonReason.map { " (\($0))" } ?? ""
+        print("node \(n.record.name) is \(n.state.rawValue)\(why), \(n.vms) VM(s) placed on it")
+    }
+}
+
+struct NodeCordonCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cordon", abstract: "Close a node to new VMs; what runs there keeps running.",
+        discussion: "Creates and resumes place nothing on a cordoned node. 'vcnode drain' also moves what runs there.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The node; this node when omitted.") var node: String?
+    @Option(help: "Why, as 'vc node list' shows it.") var reason: String?
+
+    func run() async throws {
+        try await CLI.run {
+            let name = try await NodeTarget.resolve(node, global: global)
+            let n: NodeSummary = try await global.client.post(
+                "/v1/nodes/\(name)/cordon", body: CordonRequest(reason: reason), timeout: .seconds(30))
+            NodeTarget.printSummary(n, global: global)
+        }
+    }
+}
+
+struct NodeUncordonCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "uncordon", abstract: "Open a cordoned or drained node to new VMs again.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The node; this node when omitted.") var node: String?
+
+    func run() async throws {
+        try await CLI.run {
+            let name = try await NodeTarget.resolve(node, global: global)
+            let n: NodeSummary = try await global.client.delete("/v1/nodes/\(name)/cordon")
+            NodeTarget.printSummary(n, global: global)
+        }
+    }
+}
+
+struct NodeDrainCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drain",
+        abstract: "Cordon a node and move every VM that runs there to other nodes while it runs.",
+        discussion: """
+            Each VM moves by live migration, with one progress line per VM (its time and how long \
+            the guest was paused). When a live migration fails, the VM is suspended to the storage \
+            node and resumed on its new node instead, and the line says so. A cluster whose VMs \
+            fit on no other node refuses the drain, with nothing changed; --force suspends that \
+            cluster instead. The node stays cordoned afterwards: 'vcnode uncordon' opens it again.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The node; this node when omitted.") var node: String?
+    @Flag(help: "Suspend the clusters whose VMs fit on no other node instead of refusing.") var force = false
+
+    func run() async throws {
+        try await CLI.run {
+            let name = try await NodeTarget.resolve(node, global: global)
+            let view = ProgressView(quiet: global.output == .json)
+            let final = try await global.client.operation(
+                .post, "/v1/nodes/\(name)/drain", body: DrainRequest(force: force)
+            ) { view.show($0) }
+            if global.output == .json {
+                let nodes: [NodeSummary] = try await global.client.get("/v1/nodes")
+                if let n = nodes.first(where: { $0.record.name == name }) { print(Render.json(n)) }
+                return
+            }
+            print(final.message ?? "node \(name) is drained")
+        }
+    }
 }

@@ -22,6 +22,23 @@ struct APIRoutes: Sendable {
         let v = "/\(API.version)"
         router.get("\(v)/node") { _, _ in try await respond { try await nodeStatus() } }
         router.get("\(v)/nodes") { _, _ in try await respond { try await nodeSummaries() } }
+        // The technician's hot-swap calls (vcnode), for any node.
+        let drains = NodeDrain(node: node, lifecycle: lifecycle)
+        router.post("\(v)/nodes/:name/cordon") { request, context in
+            try await respond {
+                let body = try await decode(CordonRequest.self, request, context)
+                return try await drains.cordon(try context.parameters.require("name"), reason: body.reason)
+            }
+        }
+        router.delete("\(v)/nodes/:name/cordon") { _, context in
+            try await respond { try await drains.uncordon(try context.parameters.require("name")) }
+        }
+        router.post("\(v)/nodes/:name/drain") { request, context in
+            try await stream {
+                let body = try await decode(DrainRequest.self, request, context)
+                return try await drains.drain(try context.parameters.require("name"), force: body.force ?? false)
+            }
+        }
 
         router.get("\(v)/images") { _, _ in try await respond { try await images.list() } }
         router.post("\(v)/images") { request, context in
@@ -85,15 +102,20 @@ struct APIRoutes: Sendable {
     private func internalRoutes(_ router: Router<BasicRequestContext>) {
         let v = "/\(API.version)/internal"
         router.post("\(v)/steps") { request, context in
-            try await respond { () async throws -> Done in
+            try await respond { () async throws -> StepNote in
                 let body = try await decode(RemoteStep.self, request, context)
                 guard let step = Step(description: body.step) else {
                     throw DaemonError.invalid("unknown step '\(body.step)'")
                 }
-                try checkRemote(step, of: body.cluster)
-                let runner = StepRunner(node: node, cluster: body.cluster, image: body.image)
-                try await body.undo ? runner.undoHere(step) : runner.performHere(step)
-                return Done()
+                let origins = body.origins ?? [:]
+                try checkRemote(step, of: body.cluster, origins: origins)
+                var runner = StepRunner(node: node, cluster: body.cluster, image: body.image)
+                runner.origins = origins
+                if body.undo {
+                    try await runner.undoHere(step)
+                    return StepNote(note: nil)
+                }
+                return StepNote(note: try await runner.performHere(step))
             }
         }
         router.post("\(v)/domains") { request, context in
@@ -198,7 +220,9 @@ struct APIRoutes: Sendable {
 
     /// A step another node sends must be this node's to run, about a VM of the cluster,
     /// with the disk and image paths the cluster's names give (never a path of the sender's).
-    private func checkRemote(_ step: Step, of cluster: VirtualCluster) throws {
+    private func checkRemote(
+        _ step: Step, of cluster: VirtualCluster, origins: [String: ClusterOperation.Origin]
+    ) throws {
         try NameRule.checkCluster(cluster.name)
         for vm in cluster.vms {
             let expected = ClusterLayout.make(
@@ -212,8 +236,12 @@ struct APIRoutes: Sendable {
         let ours: Bool
         switch step.site {
         case .storage: ours = node.has(.storage)
-        case .everyHost: ours = node.has(.compute) && cluster.vms.contains { $0.node == node.name }
+        case .everyHost:
+            ours =
+                node.has(.compute)
+                && (cluster.vms.contains { $0.node == node.name } || origins.values.contains { $0.node == node.name })
         case .vmHost: ours = cluster.vms.contains { $0.name == step.vm && $0.node == node.name }
+        case .origin: ours = origins[step.vm ?? ""]?.node == node.name
         }
         guard ours else {
             throw DaemonError.invalid("step '\(step)' of \(cluster.name) is not node \(node.name)'s to run")
@@ -232,7 +260,9 @@ struct APIRoutes: Sendable {
 
     /// Every node the cluster knows, with its state, roles and what is placed on it. A node
     /// whose client URL is among the configured etcd endpoints is an etcd member.
-    func nodeSummaries() async throws -> [NodeSummary] {
+    func nodeSummaries() async throws -> [NodeSummary] { try await Self.summaries(node) }
+
+    static func summaries(_ node: PeerNode) async throws -> [NodeSummary] {
         let world = try await PlacementWorld.read(node)
         let ledger = CommitmentLedger(summaries: world.clusters)
         let placed = world.clusters.flatMap(\.vms).reduce(into: [String: Int]()) { $0[$1.node, default: 0] += 1 }

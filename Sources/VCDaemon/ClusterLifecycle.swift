@@ -14,7 +14,7 @@ public struct ClusterLifecycle: Sendable {
 
     public init(node: PeerNode) { self.node = node }
 
-    private var catalog: Catalog { node.catalog }
+    var catalog: Catalog { node.catalog }
 
     // MARK: - create
 
@@ -141,10 +141,13 @@ public struct ClusterLifecycle: Sendable {
     /// On several nodes, every node hosting one of the VMs gets its own address on the
     /// cluster network, kept for the nodes that keep hosting it. A single node without an
     /// underlay holds the gateway address instead.
-    func assignNodeAddresses(_ cluster: inout VirtualCluster) throws(ModelError) {
+    /// `alsoHosting` are nodes that keep hosting the network a while without a VM placed
+    /// on them: the origins of a migration, whose guests run there until they move.
+    func assignNodeAddresses(_ cluster: inout VirtualCluster, alsoHosting: Set<String> = []) throws(ModelError) {
         guard node.configuration.network.underlay != nil else { return }
         cluster.network.nodeAddresses = try node.addresses.nodeAddresses(
-            subnet: cluster.network.subnet, nodes: Set(cluster.vms.map(\.node)), keeping: cluster.network.nodeAddresses)
+            subnet: cluster.network.subnet, nodes: Set(cluster.vms.map(\.node)).union(alsoHosting),
+            keeping: cluster.network.nodeAddresses)
     }
 
     /// A libvirt domain or an iSCSI target with one of the new VMs' names would be taken
@@ -318,7 +321,7 @@ public struct ClusterLifecycle: Sendable {
     /// Starts an operation on an existing cluster: takes this node's lock on it, lets
     /// `precheck` refuse it or answer at once (a no-op), journals it in the catalog, and runs
     /// `work` in a task of its own that releases the lock when done.
-    private func launch(
+    func launch(
         _ name: String, kind: ClusterOperation.Kind, state: ClusterState, moving: [String]? = nil,
         precheck: (VirtualCluster) throws(DaemonError) -> OperationEvent?,
         work:
@@ -344,9 +347,17 @@ public struct ClusterLifecycle: Sendable {
                 events.finish()
                 return stream
             }
+            var origins: [String: ClusterOperation.Origin]? = nil
+            if kind == .migrate {
+                origins = Dictionary(
+                    found.value.vms.filter { (moving ?? []).contains($0.name) }.map {
+                        ($0.name, ClusterOperation.Origin(node: $0.node, generation: $0.generation))
+                    }, uniquingKeysWith: { a, _ in a })
+            }
             operation = ClusterOperation(
-                id: UUID().uuidString, kind: kind, cluster: name, node: node.name, startedAt: node.now(), vms: moving)
-            if kind == .resume || kind == .recover {
+                id: UUID().uuidString, kind: kind, cluster: name, node: node.name, startedAt: node.now(), vms: moving,
+                origins: origins)
+            if kind == .resume || kind == .recover || kind == .migrate {
                 // A suspended cluster commits no memory; leaving that state, it is placed
                 // again (on any live node), checked and recorded as one step. Every other
                 // transition only frees memory.
@@ -413,10 +424,10 @@ public struct ClusterLifecycle: Sendable {
                 let target = placements[placed.vms[i].name] ?? placed.vms[i].node
                 if fresh || target != placed.vms[i].node || moving.contains(placed.vms[i].name) {
                     placed.vms[i].node = target
-                    placed.vms[i].generation += 1
+                    placed.vms[i].generation = placed.vms[i].nextGeneration
                 }
             }
-            try assignNodeAddresses(&placed)
+            try assignNodeAddresses(&placed, alsoHosting: Set(operation.origins?.values.map(\.node) ?? []))
             placed.state = state
             let commitments = world.commitments(for: placed)
             let outcome: Result<Versioned<VirtualCluster>, CatalogError>

@@ -18,6 +18,9 @@ protocol DiskBackend: Sendable {
     /// Opens a VM's disk to exactly one initiator name (its running incarnation), with the
     /// disk's own CHAP account. Idempotent; it replaces whoever was admitted before.
     func open(_ vm: VirtualMachine, chap: CHAPCredentials) async throws
+    /// Opens a VM's disk to `initiators` together: a migrating VM's running incarnation
+    /// and the one it moves to, which logs in before the first pauses. Idempotent.
+    func open(_ vm: VirtualMachine, to initiators: [String], chap: CHAPCredentials) async throws
     /// Closes a VM's disk to everyone and removes its account. Idempotent.
     func close(iqn: String, account: String?) async throws
     /// The size of a VM's disk, in bytes.
@@ -48,6 +51,11 @@ struct TargetPoolBackend: DiskBackend {
     func open(_ vm: VirtualMachine, chap: CHAPCredentials) async throws {
         _ = try await exporter.export(
             iqn: vm.diskIQN, file: pool.path(vm.diskFile), initiators: [vm.initiator], chap: chap)
+    }
+
+    func open(_ vm: VirtualMachine, to initiators: [String], chap: CHAPCredentials) async throws {
+        _ = try await exporter.export(
+            iqn: vm.diskIQN, file: pool.path(vm.diskFile), initiators: initiators, chap: chap)
     }
 
     func close(iqn: String, account: String?) async throws {

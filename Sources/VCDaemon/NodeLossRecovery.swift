@@ -42,9 +42,10 @@ struct NodeLossRecovery: Sendable {
             if everyone.isSubset(of: alive) && fenced.isEmpty { return }
             async let clusters = node.catalog.clusters()
             async let operations = node.catalog.operations()
+            let journal = try await operations
             plan = NodeLoss.plan(
-                clusters: try await clusters.map(\.value), live: alive,
-                busy: Set(try await operations.map(\.cluster)), fenced: fenced)
+                clusters: try await clusters.map(\.value), live: alive, busy: Set(journal.map(\.cluster)),
+                fenced: fenced, migrations: journal)
         } catch {
             return
         }

@@ -29,10 +29,15 @@ struct RemoteStep: Codable, Sendable {
     var step: String
     var undo: Bool
     var image: GoldenImage?
+    /// Where the VMs of a migration ran before (see `StepRunner.origins`).
+    var origins: [String: ClusterOperation.Origin]? = nil
 }
 
 /// The answer of a call that returns nothing.
 struct Done: Codable, Sendable {}
+
+/// What a step had to say beside "done" (how a migration went).
+struct StepNote: Codable, Sendable { var note: String? }
 
 /// Domain states of some VMs, asked of the node that runs them.
 struct DomainStatesRequest: Codable, Sendable { var names: [String] }
@@ -48,13 +53,17 @@ struct PeerCalls: Sendable {
 
     static let stepTimeout = Duration.seconds(30 * 60)
 
-    func perform(_ step: Step, undo: Bool, cluster: VirtualCluster, image: GoldenImage?, on record: NodeRecord)
-        async throws
-    {
-        let body = RemoteStep(cluster: cluster, step: step.description, undo: undo, image: image)
+    func perform(
+        _ step: Step, undo: Bool, cluster: VirtualCluster, image: GoldenImage?,
+        origins: [String: ClusterOperation.Origin] = [:], on record: NodeRecord
+    ) async throws -> String? {
+        let body = RemoteStep(
+            cluster: cluster, step: step.description, undo: undo, image: image, origins: origins.isEmpty ? nil : origins
+        )
         do {
-            let _: Done = try await client(record).post(
+            let answer: StepNote = try await client(record).post(
                 "/\(API.version)/internal/steps", body: body, timeout: Self.stepTimeout)
+            return answer.note
         } catch {
             throw DaemonError.failed("on node \(record.name): \(error)")
         }

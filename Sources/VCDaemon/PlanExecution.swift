@@ -16,8 +16,8 @@ struct PlanExecution: Sendable {
         let counter = StepCounter()
         for step in plan.shared {
             try Task.checkCancellation()
-            try await timed(step)
-            events.yield(.step(step.description, completed: await counter.next(), total: total))
+            let note = try await timed(step)
+            events.yield(.step(Self.line(step, note), completed: await counter.next(), total: total))
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for chain in plan.machines {
@@ -25,8 +25,8 @@ struct PlanExecution: Sendable {
                     do {
                         for step in chain {
                             try Task.checkCancellation()
-                            try await timed(step)
-                            events.yield(.step(step.description, completed: await counter.next(), total: total))
+                            let note = try await timed(step)
+                            events.yield(.step(Self.line(step, note), completed: await counter.next(), total: total))
                         }
                     } catch is OperationStopped {
                         // vcd is stopping: this chain ends at its step boundary, and the
@@ -44,19 +44,25 @@ struct PlanExecution: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for step in plan.final {
                 group.addTask {
-                    try await timed(step)
-                    events.yield(.step(step.description, completed: await counter.next(), total: total))
+                    let note = try await timed(step)
+                    events.yield(.step(Self.line(step, note), completed: await counter.next(), total: total))
                 }
             }
             try await group.waitForAll()
         }
     }
 
-    private func timed(_ step: Step) async throws {
+    private func timed(_ step: Step) async throws -> String? {
         let started = ContinuousClock.now
-        try await runner.perform(step)
+        let note = try await runner.perform(step)
         let ms = (ContinuousClock.now - started) / .milliseconds(1)
         runner.node.logger.debug("step done", metadata: ["step": "\(step)", "ms": "\(Int(ms))"])
+        return note
+    }
+
+    /// A step's progress line: its name, and what it said beside "done".
+    static func line(_ step: Step, _ note: String?) -> String {
+        note.map { "\(step): \($0)" } ?? step.description
     }
 
     /// Returns the failures, as text; empty when everything was undone.

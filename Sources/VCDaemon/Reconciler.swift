@@ -126,6 +126,9 @@ public struct Reconciler: Service, CustomStringConvertible {
             await lifecycle.runTransition(
                 cluster, operation: operation, plan: .recover(cluster, vms: operation.vms ?? []), to: .running,
                 events: events)
+        case .migrate:
+            // Settled from where each VM runs now; never started twice.
+            await lifecycle.settleMigration(cluster, operation: operation, reason: nil, events: events)
         }
     }
 

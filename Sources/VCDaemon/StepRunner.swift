@@ -23,6 +23,9 @@ struct StepRunner: Sendable {
     /// The disks' CHAP passwords when the caller holds them (a create); read from the
     /// catalog otherwise.
     var secrets: ClusterSecrets? = nil
+    /// Where each VM of a migration ran before (`ClusterOperation.origins`): its `migrate`
+    /// step runs there, and that node hosts the network until the migration is over.
+    var origins: [String: ClusterOperation.Origin] = [:]
     /// Nodes without a lease that did not answer an undo's probe: the rest of the plan's
     /// undo leaves them to their reconciler at once instead of waiting for each step.
     private let silent = SilentNodes()
@@ -59,37 +62,49 @@ struct StepRunner: Sendable {
             logger: logger)
     }
 
-    /// The nodes that host at least one of the cluster's VMs.
-    var hostingNodes: [String] { Set(cluster.vms.map(\.node)).sorted() }
+    /// The nodes that host at least one of the cluster's VMs, or ran one that migrates.
+    var hostingNodes: [String] { Set(cluster.vms.map(\.node) + origins.values.map(\.node)).sorted() }
 
     // MARK: - where a step runs
 
-    func perform(_ step: Step) async throws { try await route(step, undo: false) }
+    /// Carries out `step` where it belongs; returns what it has to say beside "done"
+    /// (how a migration went).
+    @discardableResult
+    func perform(_ step: Step) async throws -> String? { try await route(step, undo: false) }
 
-    func undo(_ step: Step) async throws { try await route(step, undo: true) }
+    func undo(_ step: Step) async throws { _ = try await route(step, undo: true) }
 
-    private func route(_ step: Step, undo: Bool) async throws {
+    private func route(_ step: Step, undo: Bool) async throws -> String? {
         try node.operations.checkStopping()
         switch step.site {
         case .storage:
             let storage = try await node.storageNode()
-            try await run(step, undo: undo, on: storage.name, record: storage)
+            return try await run(step, undo: undo, on: storage.name, record: storage)
         case .vmHost:
-            try await run(step, undo: undo, on: vm(step.vm!).node)
+            return try await run(step, undo: undo, on: vm(step.vm!).node)
+        case .origin:
+            guard let origin = origins[step.vm!] else {
+                throw DaemonError.failed("\(step) has no origin: \(step.vm!) is not migrating")
+            }
+            return try await run(step, undo: undo, on: origin.node)
         case .everyHost:
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for host in hostingNodes {
-                    group.addTask { try await run(step, undo: undo, on: host) }
+                    group.addTask { _ = try await run(step, undo: undo, on: host) }
                 }
                 try await group.waitForAll()
             }
+            return nil
         }
     }
 
-    private func run(_ step: Step, undo: Bool, on name: String, record: NodeRecord? = nil) async throws {
+    private func run(_ step: Step, undo: Bool, on name: String, record: NodeRecord? = nil) async throws -> String? {
         if name == node.name {
-            try await undo ? undoHere(step) : performHere(step)
-            return
+            if undo {
+                try await undoHere(step)
+                return nil
+            }
+            return try await performHere(step)
         }
         var target = record
         if target == nil { target = try await node.liveNode(name) }
@@ -99,8 +114,9 @@ struct StepRunner: Sendable {
             {
                 // Without a lease (lapsed, or not renewed yet after a partition) but up:
                 // it removes its share now rather than at its next reconcile pass.
-                try await node.peers.perform(step, undo: true, cluster: cluster, image: image, on: member)
-                return
+                _ = try await node.peers.perform(
+                    step, undo: true, cluster: cluster, image: image, origins: origins, on: member)
+                return nil
             }
             if undo {
                 silent.insert(name)
@@ -109,16 +125,18 @@ struct StepRunner: Sendable {
                 logger.warning(
                     "node is down; it removes its share when it comes back",
                     metadata: ["node": "\(name)", "step": "\(step)"])
-                return
+                return nil
             }
             throw DaemonError.unavailable("node \(name) is not up (it holds no lease); \(step) cannot run there")
         }
-        try await node.peers.perform(step, undo: undo, cluster: cluster, image: image, on: target)
+        return try await node.peers.perform(
+            step, undo: undo, cluster: cluster, image: image, origins: origins, on: target)
     }
 
     // MARK: - this node's share
 
-    func performHere(_ step: Step) async throws {
+    @discardableResult
+    func performHere(_ step: Step) async throws -> String? {
         try node.operations.checkStopping()
         if let delay = node.configuration.testing.stepDelayMilliseconds {
             try await Task.sleep(for: .milliseconds(delay))
@@ -195,7 +213,17 @@ struct StepRunner: Sendable {
             }
         case .save(let name):
             try await save(vm(name))
+        case .admit(let name):
+            let m = vm(name)
+            guard let origin = origins[name] else {
+                throw DaemonError.failed("\(step) has no origin: \(name) is not migrating")
+            }
+            try await node.disks.open(
+                m, to: [origin.initiator(vm: name), m.initiator], chap: try await credentials(name))
+        case .migrate(let name):
+            return try await migrate(vm(name))
         }
+        return nil
     }
 
     func undoHere(_ step: Step) async throws {
@@ -219,8 +247,14 @@ struct StepRunner: Sendable {
             try await node.disks.close(iqn: vm(name).diskIQN, account: Naming.chapUser(vm: name))
         case .secret(let name):
             try await node.hypervisor.run { try $0.removeISCSISecret(usage: Naming.chapSecretUsage(vm: name)) }
-        case .verify, .release:
+        case .verify, .release, .migrate:
             break
+        case .admit(let name):
+            // Back to the running incarnation alone; the new name is never admitted again
+            // (the VM's next placement goes above it).
+            guard let origin = origins[name] else { return }
+            let m = vm(name)
+            try await node.disks.open(m, to: [origin.initiator(vm: name)], chap: try await credentials(name))
         case .define(let name):
             try await undefine(name)
             unlink(node.consolePath(cluster: cluster.name, vm: name))
@@ -318,6 +352,52 @@ struct StepRunner: Sendable {
             }
         }
         try await images.store(m)
+    }
+
+    /// Moves a running VM from this node (its origin) to the node it is placed on now,
+    /// while the guest runs: libvirt's peer-to-peer live migration over the underlay, the
+    /// destination defined with this incarnation's initiator name (admitted beside the
+    /// origin's by `.admit`). When it fails, the guest still runs here (libvirt aborts the
+    /// migration), and it is saved to the storage node instead, so that `.start` on the
+    /// destination restores it: a drain never leaves a VM on a node it must leave.
+    /// Returns how it went, for the drain's progress line.
+    private func migrate(_ m: VirtualMachine) async throws -> String {
+        let running = try await node.hypervisor.run { conn -> Bool in
+            guard let d = try conn.domain(named: m.name), Self.isOurs(d, cluster: cluster.name) else { return false }
+            return d.isActive
+        }
+        // Moved (or saved) by an earlier try of this step.
+        guard running else { return "not running here any more" }
+        guard let destination = try await node.liveNode(m.node), let address = destination.underlay else {
+            throw DaemonError.unavailable("node \(m.node) is not up (it holds no lease); \(m.name) cannot move there")
+        }
+        let portal = try await storagePortal()
+        let started = ContinuousClock.now
+        let uri = "qemu+tcp://\(address)/system"
+        do {
+            try await node.hypervisor.run(timeout: Self.memoryImageTimeout) { conn in
+                guard let d = try conn.domain(named: m.name) else {
+                    throw DaemonError.failed("domain \(m.name) is not defined")
+                }
+                let xml = SavedDefinition.retarget(try d.migratableXML(), portal: portal, initiator: m.initiator)
+                try d.migrateLive(to: uri, migrationURI: "tcp://\(address)", listenAddress: address, xml: xml)
+            }
+        } catch {
+            let reason = DaemonError.from(error)
+            logger.warning(
+                "live migration failed; saving the VM to the storage node instead",
+                metadata: ["vm": "\(m.name)", "to": "\(m.node)", "error": "\(reason)"])
+            try await save(m)
+            return
+                "live migration failed (\(reason)); suspended it to the storage node instead, it resumes on \(m.node)"
+        }
+        let seconds = Double((ContinuousClock.now - started) / .milliseconds(1)) / 1000
+        // The destination keeps the job's figures; the downtime is the guest's pause.
+        let downtime = try? await node.hypervisor.run { _ -> UInt64? in
+            try LibvirtConnection(uri: uri).domain(named: m.name)?.completedJob()?.downtimeMilliseconds
+        }
+        let paused = (downtime ?? nil).map { ", paused \($0) ms" } ?? ""
+        return "live to \(m.node) in \(String(format: "%.1f", seconds)) s\(paused)"
     }
 
     /// The size the disk's LUN must report: the pool's file here, else the golden image it

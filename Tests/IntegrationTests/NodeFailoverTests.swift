@@ -295,11 +295,15 @@ import VCModel
 actor RunningSampler {
     let bed: NodeTestbed
     let cluster: String
+    /// Only domains whose guest runs (`virsh list --state-running`); else every active
+    /// domain, paused ones included.
+    let runningOnly: Bool
     private(set) var samples = 0
 
-    init(bed: NodeTestbed, cluster: String) {
+    init(bed: NodeTestbed, cluster: String, runningOnly: Bool = false) {
         self.bed = bed
         self.cluster = cluster
+        self.runningOnly = runningOnly
     }
 
     /// Until cancelled; returns the VMs seen on two nodes, with the nodes.
@@ -309,8 +313,11 @@ actor RunningSampler {
             var seen: [String: [String]] = [:]
             await withTaskGroup(of: (String, [String]).self) { group in
                 for node in bed.nodes {
-                    group.addTask { [bed, cluster] in
-                        let r = try? await bed.exec(node, ["virsh", "-c", "qemu:///system", "list", "--name"])
+                    group.addTask { [bed, cluster, runningOnly] in
+                        let r = try? await bed.exec(
+                            node,
+                            ["virsh", "-c", "qemu:///system", "list", "--name"]
+                                + (runningOnly ? ["--state-running"] : []))
                         let names = (r?.stdout ?? "").split(whereSeparator: \.isNewline).map(String.init)
                         return (node, names.filter { $0.hasPrefix("\(cluster)-") })
                     }

@@ -12,6 +12,9 @@ import VCModel
     static func nodeIPs(subnet: Int) -> [String] { (1...4).map { "10.77.\(subnet).\($0)" } }
     static let underlay = ["10.99.0.10", "10.99.0.11", "10.99.0.13", "10.99.0.1"]
     static let pinged = vmIPs(subnet: 1) + vmIPs(subnet: 2) + nodeIPs(subnet: 1) + nodeIPs(subnet: 2) + underlay
+    /// The nodes' listeners on the underlay, which no guest may reach: each libvirtd's TCP
+    /// socket (live migration) and each vcd's API.
+    static let listeners = underlay.flatMap { ["\($0):16509", "\($0):7480"] }
 
     /// Two 3-VM clusters over the same three nodes. Every guest routes everything through
     /// its node and pings every VM of both clusters, every node and gateway address of both
@@ -22,7 +25,7 @@ import VCModel
     @Test(.timeLimit(.minutes(15)))
     func twoClustersOnTheSameNodesReachOnlyThemselves() async throws {
         let hook =
-            "testing: {guestOEM: [\"peerless.pings=\(Self.pinged.joined(separator: ","))\", \"peerless.pingwait=60\"]}"
+            "testing: {guestOEM: [\"peerless.pings=\(Self.pinged.joined(separator: ","))\", \"peerless.pingwait=60\", \"peerless.tcp=\(Self.listeners.joined(separator: ","))\"]}"
         try await NodeTestbed.with(computeNodes: 3, extra: ["n1": hook, "n2": hook, "n3": hook]) { bed in
             let imported = try await bed.vc(bed.storage, ["image", "import", "tiny", Build.tinyImage])
             #expect(imported.status == 0, "\(imported)")
@@ -51,6 +54,11 @@ import VCModel
                         #expect(
                             text.contains("PEERLESS-TINY-PING ip=\(ip) \(verdict)"),
                             "\(vm.name) on \(vm.node): \(ip) should be \(verdict)")
+                    }
+                    for listener in Self.listeners {
+                        #expect(
+                            text.contains("PEERLESS-TINY-TCP addr=\(listener) closed"),
+                            "\(vm.name) on \(vm.node): the node listener \(listener) must be out of a guest's reach")
                     }
                 }
             }
