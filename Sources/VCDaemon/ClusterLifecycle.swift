@@ -417,7 +417,15 @@ public struct ClusterLifecycle: Sendable {
                     ($0.name, $0.node)
                 },
                 uniquingKeysWith: { a, _ in a })
-            let placements = try world.place(PlacementRequest(spec: current.value.spec, keep: keep))
+            var request = PlacementRequest(spec: current.value.spec, keep: keep)
+            // A drain moves VMs off the node they are pinned to: the pin cannot hold (as in
+            // `DrainPlan`).
+            if operation.kind == .migrate, let pin = request.pin,
+                operation.origins?.values.contains(where: { $0.node == pin }) == true
+            {
+                request.pin = nil
+            }
+            let placements = try world.place(request)
             var placed = current.value
             let fresh = current.value.state == .suspended
             for i in placed.vms.indices {

@@ -102,6 +102,10 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         /// SMBIOS OEM strings added to every domain this node defines (isolation tests
         /// tell the tiny guest what to ping: `peerless.pings=…`).
         public var guestOEM: [String]?
+        /// Make every live migration from this node fail for real (drain fallback tests):
+        /// the destination QEMU is told to listen on its loopback, so the source's
+        /// connection to the underlay address is refused, as libvirt reports it.
+        public var breakLiveMigration: Bool?
     }
 
     /// Where the TCP API's bearer token is kept.
@@ -170,6 +174,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
             "api.tokenFile", "api.advertise", "network.underlay", "capacity.memoryMiB", "capacity.cpus",
             "testing.failCreateAfterVMs", "testing.failStep",
             "testing.stepDelayMilliseconds", "testing.admissionDelayMilliseconds", "testing.guestOEM",
+            "testing.breakLiveMigration",
         ]
         .contains(path)
     }

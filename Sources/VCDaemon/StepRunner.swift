@@ -374,13 +374,14 @@ struct StepRunner: Sendable {
         let portal = try await storagePortal()
         let started = ContinuousClock.now
         let uri = "qemu+tcp://\(address)/system"
+        let listen = node.configuration.testing.breakLiveMigration == true ? "127.0.0.1" : address
         do {
             try await node.hypervisor.run(timeout: Self.memoryImageTimeout) { conn in
                 guard let d = try conn.domain(named: m.name) else {
                     throw DaemonError.failed("domain \(m.name) is not defined")
                 }
                 let xml = SavedDefinition.retarget(try d.migratableXML(), portal: portal, initiator: m.initiator)
-                try d.migrateLive(to: uri, migrationURI: "tcp://\(address)", listenAddress: address, xml: xml)
+                try d.migrateLive(to: uri, migrationURI: "tcp://\(address)", listenAddress: listen, xml: xml)
             }
         } catch {
             let reason = DaemonError.from(error)

@@ -137,6 +137,56 @@ import VCModel
         }
     }
 
+    /// A live migration that fails for real (the destination QEMU listens where the source
+    /// cannot reach it) falls back to suspend, move and resume, and says so: the VM runs on
+    /// the destination with its memory restored (the guest's count goes on, every number
+    /// once), under its new incarnation alone at tgtd.
+    @Test(.timeLimit(.minutes(10)))
+    func aFailedLiveMigrationFallsBackToSuspendMoveAndResume() async throws {
+        let broken = "testing: {guestOEM: [\"peerless.tick=1\"], breakLiveMigration: true}"
+        try await NodeTestbed.with(computeNodes: 2, extra: ["n1": broken, "n2": Self.tick]) { bed in
+            let imported = try await bed.vc(bed.storage, ["image", "import", "tiny", Build.tinyImage])
+            #expect(imported.status == 0, "\(imported)")
+            let created = try await bed.vc(
+                "n2", ["cluster", "create", "fb", "--image", "tiny", "--vms", "1", "--memory", "128M", "--node", "n1"])
+            try #require(created.status == 0, "\(created)")
+            let before = try await bed.vcJSON("n2", ClusterStatus.self, ["cluster", "show", "fb"])
+            let vm = try #require(before.cluster.vms.first)
+            try await NodeFailoverTests().waitForConsole(bed, "n1", "fb", vm.name, "PEERLESS-TINY-TICK n=3")
+
+            let ticks = TickSampler(bed: bed, cluster: "fb", vm: vm.name)
+            let counting = Task { await ticks.run() }
+            let drained = try await bed.vcnode("n1", ["drain"])
+            print("vcnode drain n1 (live migration broken):\n\(drained.stderr)\(drained.stdout)")
+            try #require(drained.status == 0, "\(drained)")
+            try await NodeFailoverTests().waitForConsole(bed, "n2", "fb", vm.name, "PEERLESS-TINY-TICK")
+            try await Task.sleep(for: .seconds(3))
+            counting.cancel()
+            let seen = await counting.value
+            #expect(drained.stderr.contains("migrate \(vm.name): live migration failed ("), "\(drained.stderr)")
+            #expect(drained.stderr.contains("suspended it to the storage node instead, it resumes on n2"))
+            #expect(drained.stdout.contains("1 by suspend and resume (live migration failed)"), "\(drained.stdout)")
+
+            let after = try await bed.vcJSON("n2", ClusterStatus.self, ["cluster", "show", "fb"])
+            let record = try #require(after.cluster.vms.first)
+            #expect(after.vms.first?.node == "n2" && after.vms.first?.domain == "running", "\(after.vms)")
+            #expect(record.generation == vm.generation + 1, "\(record)")
+            // Restored, not booted again: the count goes on from where it was.
+            let numbers = seen.ticks.map(\.n)
+            try #require(!numbers.isEmpty)
+            #expect(numbers == Array(numbers.first!...numbers.last!), "ticks missing: \(numbers)")
+            #expect(Set(seen.ticks.map(\.node)) == ["n1", "n2"], "\(seen.ticks.map(\.node))")
+            let targets = try await bed.exec(
+                bed.storage, ["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"])
+            #expect(!targets.stdout.contains(vm.initiator) && targets.stdout.contains(record.initiator))
+            let saves = try await bed.exec(bed.storage, ["ls", "/var/lib/peerless/pool/saves/fb"])
+            #expect(saves.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "memory image kept: \(saves)")
+
+            let destroyed = try await bed.vc("n2", ["cluster", "destroy", "fb"])
+            #expect(destroyed.status == 0, "\(destroyed)")
+        }
+    }
+
     /// "paused N ms" from a drain's progress line.
     static func pausedMilliseconds(_ text: String) -> Int? {
         guard let r = text.range(of: ", paused ") else { return nil }
