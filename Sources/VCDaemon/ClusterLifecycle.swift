@@ -532,10 +532,24 @@ public struct ClusterLifecycle: Sendable {
             outcome.message = "\(operation.kind.rawValue) failed: \(reason); run it again"
             events.yield(OperationEvent(kind: .failed, error: APIError(code: reason.code, message: outcome.message!)))
         }
+        guard await record(operation, outcome: outcome, events: events), outcome.state == target else { return }
+        node.logger.info(
+            "\(operation.kind.rawValue)d",
+            metadata: ["cluster": "\(cluster.name)", "seconds": "\(ContinuousClock.now - started)"])
+        events.yield(
+            OperationEvent(kind: .done, message: "cluster \(cluster.name) is \(target.rawValue)", cluster: outcome))
+    }
+
+    /// Writes an operation's outcome and closes its journal; says on `events` when the
+    /// catalog did not take it (the journal then stays, and the next reconcile pass finds
+    /// it orphaned and finishes it). Returns whether it was recorded.
+    func record(
+        _ operation: ClusterOperation, outcome: VirtualCluster, events: AsyncStream<OperationEvent>.Continuation
+    ) async -> Bool {
         do {
             try await commit { () async throws(CatalogError) in try await catalog.finish(operation, cluster: outcome) }
+            return true
         } catch {
-            // The journal stays; the next reconcile pass finds it orphaned and finishes it.
             events.yield(
                 OperationEvent(
                     kind: .failed,
@@ -543,14 +557,8 @@ public struct ClusterLifecycle: Sendable {
                         code: "unavailable",
                         message: "the catalog did not record the \(operation.kind.rawValue): \(error); vcd retries it"))
             )
-            return
+            return false
         }
-        guard outcome.state == target else { return }
-        node.logger.info(
-            "\(operation.kind.rawValue)d",
-            metadata: ["cluster": "\(cluster.name)", "seconds": "\(ContinuousClock.now - started)"])
-        events.yield(
-            OperationEvent(kind: .done, message: "cluster \(cluster.name) is \(target.rawValue)", cluster: outcome))
     }
 
     // MARK: - reading

@@ -141,17 +141,7 @@ extension ClusterLifecycle {
         _ operation: ClusterOperation, with outcome: VirtualCluster, events: AsyncStream<OperationEvent>.Continuation,
         quiet: Bool = false
     ) async {
-        do {
-            try await commit { () async throws(CatalogError) in try await catalog.finish(operation, cluster: outcome) }
-        } catch {
-            events.yield(
-                OperationEvent(
-                    kind: .failed,
-                    error: APIError(
-                        code: "unavailable",
-                        message: "the catalog did not record the migration: \(error); vcd retries it")))
-            return
-        }
+        guard await record(operation, outcome: outcome, events: events) else { return }
         guard !quiet else { return }
         if outcome.state == .running {
             node.logger.info("migrated", metadata: ["cluster": "\(outcome.name)", "vms": "\(operation.vms ?? [])"])

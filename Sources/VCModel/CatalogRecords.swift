@@ -154,8 +154,7 @@ public struct VirtualMachine: Codable, Sendable, Equatable {
 
     /// The initiator name this incarnation logs in with.
     public var initiator: String {
-        generation == 0
-            ? Naming.initiatorIQN(node: node) : Naming.initiatorIQN(node: node, vm: name, generation: generation)
+        Naming.incarnationIQN(node: node, vm: name, generation: generation)
     }
 }
 
@@ -209,8 +208,7 @@ public struct ClusterOperation: Codable, Sendable, Equatable {
 
         /// The initiator name of the incarnation on its origin.
         public func initiator(vm: String) -> String {
-            generation == 0
-                ? Naming.initiatorIQN(node: node) : Naming.initiatorIQN(node: node, vm: vm, generation: generation)
+            Naming.incarnationIQN(node: node, vm: vm, generation: generation)
         }
     }
 

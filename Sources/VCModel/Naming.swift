@@ -25,6 +25,12 @@ public enum Naming {
     /// part of it, so a name is never used twice. libiscsi re-sends unacknowledged writes
     /// when a lost session gets back in, so a name that was once cut off must never be
     /// admitted again; a fresh name per incarnation makes that hold by construction.
+    /// The initiator name of one incarnation; generation 0 (records from before
+    /// generations) still logs in with its node's name.
+    public static func incarnationIQN(node: String, vm: String, generation: Int) -> String {
+        generation == 0 ? initiatorIQN(node: node) : initiatorIQN(node: node, vm: vm, generation: generation)
+    }
+
     public static func initiatorIQN(node: String, vm: String, generation: Int) -> String {
         "\(iqnPrefix):node.\(node).vm.\(vm).g\(generation)"
     }
