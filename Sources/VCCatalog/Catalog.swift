@@ -17,6 +17,8 @@ public struct Versioned<Value: Sendable>: Sendable {
 ///     PREFIX/nodes/NAME       NodeRecord, under the node's lease: the node is alive
 ///     PREFIX/members/NAME     NodeRecord as last registered, kept: the node is known
 ///     PREFIX/cordons/NAME     why the node takes no new VMs
+///     PREFIX/removed/NAME     the node was taken out (`vcnode remove`): it does not
+///                             register again under that name
 ///     PREFIX/commitments/NAME memory committed on the node (MiB); its revision guards
 ///                             every placement on the node
 ///
@@ -50,6 +52,7 @@ public struct Catalog: Sendable {
     public func secretsKey(_ cluster: String) -> String { "\(prefix)/secrets/\(cluster)" }
     public func memberKey(_ name: String) -> String { "\(prefix)/members/\(name)" }
     public func cordonKey(_ name: String) -> String { "\(prefix)/cordons/\(name)" }
+    public func removedKey(_ name: String) -> String { "\(prefix)/removed/\(name)" }
     public func commitmentKey(_ node: String) -> String { "\(prefix)/commitments/\(node)" }
     public func gatewayKey(_ cluster: String) -> String { "\(prefix)/gateways/\(cluster)" }
 
@@ -275,13 +278,40 @@ public struct Catalog: Sendable {
 
     // MARK: nodes
 
-    /// The node's live key under its lease, and its lasting member record, together.
+    /// The node's live key under its lease, and its lasting member record, together;
+    /// refused (`CatalogError.removed`) for a node that was taken out.
     public func register(_ node: NodeRecord, lease: Int64) async throws(CatalogError) {
-        try await etcd.txn(
-            [],
+        let registered = try await etcd.txn(
+            [.absent(removedKey(node.name))],
             success: [
                 .put(nodeKey(node.name), try encode(node), lease: lease), .put(memberKey(node.name), try encode(node)),
             ])
+        if !registered { throw .removed(node: node.name) }
+    }
+
+    /// Takes a node out: its live key, member record, cordon and commitment go, and a
+    /// mark stays that keeps its vcd from registering again. Guarded by the commitment's
+    /// revision as read (nil: absent), so that nothing placed on the node since is lost;
+    /// false when that changed. The lease of a node that still runs is revoked after: its
+    /// vcd, renewing in vain, registers again and is refused.
+    public func remove(node name: String, commitmentRevision: Int64?, by remover: String) async throws(CatalogError)
+        -> Bool
+    {
+        let lease = try await etcd.get(nodeKey(name))?.lease ?? 0
+        let key = commitmentKey(name)
+        let removed = try await etcd.txn(
+            [commitmentRevision.map { .modRevision(key, equals: $0) } ?? .absent(key)],
+            success: [
+                .delete(nodeKey(name)), .delete(memberKey(name)), .delete(cordonKey(name)), .delete(key),
+                .put(removedKey(name), Array("removed through \(remover)".utf8)),
+            ])
+        // Sent again after a lost reply (`RetryPolicy`), the guard fails: the mark says
+        // it was this removal that landed.
+        if !removed {
+            guard try await etcd.get(removedKey(name)) != nil else { return false }
+        }
+        if lease != 0 { try? await etcd.revoke(lease: lease) }
+        return true
     }
 
     /// Every node that ever registered, alive or not.

@@ -24,6 +24,8 @@ public enum CatalogError: Error, Sendable, CustomStringConvertible {
     /// None of several etcd members served the request: `answered` of the `of` members
     /// could be reached, and `reasons` says what each one did, in the order tried.
     case noQuorum(answered: Int, of: Int, reasons: String)
+    /// The node was taken out of the cluster (`vcnode remove`) and may not register again.
+    case removed(node: String)
 
     public var description: String {
         switch self {
@@ -45,6 +47,9 @@ public enum CatalogError: Error, Sendable, CustomStringConvertible {
         case .noQuorum(let answered, let of, let reasons):
             return
                 "the catalog has no quorum: \(answered) of \(of) etcd members can be reached (\(reasons)); running VMs keep running; start the members again"
+        case .removed(let node):
+            return
+                "node \(node) was removed from the cluster (vcnode remove); it does not register again under that name"
         }
     }
 }
@@ -66,7 +71,7 @@ extension CatalogError {
             if status == 503 || status == 504 { return true }
             let text = message.lowercased()
             return Self.transientMessages.contains { text.contains($0) }
-        case .corrupt, .conflict, .alreadyExists, .notFound, .busy: return false
+        case .corrupt, .conflict, .alreadyExists, .notFound, .busy, .removed: return false
         }
     }
 
@@ -361,6 +366,46 @@ public struct EtcdClient: Sendable {
 
     public func revoke(lease: Int64) async throws(CatalogError) {
         let _: Header = try await call("/v3/lease/revoke", ["ID": String(lease)])
+    }
+
+    // MARK: - membership
+
+    /// One member of the etcd cluster as its member list gives it.
+    public struct Member: Sendable, Equatable {
+        public var id: UInt64
+        /// Empty for a member added but not started yet.
+        public var name: String
+        public var clientURLs: [String]
+        public var peerURLs: [String]
+        public var isLearner: Bool
+    }
+
+    /// Every member, voting or learner (`/v3/cluster/member/list`).
+    public func members() async throws(CatalogError) -> [Member] {
+        let r: MemberListResponse = try await call("/v3/cluster/member/list", [:])
+        return (r.members ?? []).compactMap { m in
+            guard let id = m.id.flatMap(UInt64.init) else { return nil }
+            return Member(
+                id: id, name: m.name ?? "", clientURLs: m.clientURLs ?? [], peerURLs: m.peerURLs ?? [],
+                isLearner: m.isLearner ?? false)
+        }
+    }
+
+    /// Removes a member (`/v3/cluster/member/remove`). etcd refuses it, with its own
+    /// message, when the members left would not have a quorum of started ones.
+    public func removeMember(_ id: UInt64) async throws(CatalogError) {
+        let _: Header = try await call("/v3/cluster/member/remove", ["ID": String(id)])
+    }
+
+    /// Whether the member this client talks to answers a status request within the
+    /// client's timeout (`/v3/maintenance/status`); for a client of one member.
+    public func answersStatus() async -> Bool {
+        do {
+            let _: Header = try await call("/v3/maintenance/status", [:])
+            return true
+        } catch {
+            return false
+        }
     }
 
     // MARK: - wire
@@ -658,6 +703,18 @@ private struct LeaseGrant: Decodable {
         case error
     }
 }
+private struct MemberListResponse: Decodable {
+    struct WireMember: Decodable {
+        var id: String?
+        var name: String?
+        var peerURLs: [String]?
+        var clientURLs: [String]?
+        var isLearner: Bool?
+        enum CodingKeys: String, CodingKey { case id = "ID", name, peerURLs, clientURLs, isLearner }
+    }
+    var members: [WireMember]?
+}
+
 private struct LeaseTimeToLive: Decodable {
     var ttl: String?
     enum CodingKeys: String, CodingKey { case ttl = "TTL" }

@@ -99,6 +99,7 @@ public struct VCNode: AsyncParsableCommand {
         discussion: "Talks to the vcd of this node over its local socket.",
         subcommands: [
             NodeStatusCommand.self, NodeCordonCommand.self, NodeUncordonCommand.self, NodeDrainCommand.self,
+            NodeRemoveCommand.self,
         ])
 
     public init() {}
@@ -183,6 +184,28 @@ struct NodeDrainCommand: AsyncParsableCommand {
                 return
             }
             print(final.message ?? "node \(name) is drained")
+        }
+    }
+}
+
+struct NodeRemoveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "remove",
+        abstract: "Take a drained or dead node out of the cluster, its etcd member first.",
+        discussion: """
+            The node must run nothing: dead, or cordoned with no VM placed on it ('vcnode drain' \
+            first). Its etcd member, when it has one, is removed first, and only when the voting \
+            members left keep a quorum of healthy ones. Its records go, and its vcd, if it still \
+            runs, does not register again under that name. Refused with nothing changed otherwise.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The node to remove (named, never implied).") var node: String
+
+    func run() async throws {
+        try await CLI.run {
+            let r: NodeRemovedResponse = try await global.client.delete("/v1/nodes/\(node)")
+            print(global.output == .json ? Render.json(r) : r.message)
         }
     }
 }

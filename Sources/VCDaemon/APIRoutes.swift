@@ -39,6 +39,9 @@ struct APIRoutes: Sendable {
                 return try await drains.drain(try context.parameters.require("name"), force: body.force ?? false)
             }
         }
+        router.delete("\(v)/nodes/:name") { _, context in
+            try await respond { try await drains.remove(try context.parameters.require("name")) }
+        }
 
         router.get("\(v)/images") { _, _ in try await respond { try await images.list() } }
         router.post("\(v)/images") { request, context in

@@ -113,10 +113,16 @@ public struct NodeLease: Service, CustomStringConvertible {
 
     private func renew() async {
         var lease: Int64?
+        var removed = false
         let ttl = ttlSeconds
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let sent = ContinuousClock.now
             var failed = false
+            // A removed node asks for no lease again (a restarted vcd is refused again).
+            if removed {
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: renewalPeriod) }
+                continue
+            }
             do {
                 // A TTL etcd reports longer than the one asked (a leader change) is not
                 // believed: the time left is counted from the send time.
@@ -132,6 +138,11 @@ public struct NodeLease: Service, CustomStringConvertible {
                     await readiness.lease(held: true)
                     await node.lease.held(granted.id, until: sent + .seconds(min(granted.ttl, ttl)) - Self.margin)
                 }
+            } catch CatalogError.removed {
+                // Taken out (`vcnode remove`): it stays out, holding nothing, and says so once.
+                node.logger.error("\(CatalogError.removed(node: record.name))")
+                (removed, lease) = (true, nil)
+                await readiness.lease(held: false)
             } catch {
                 if Task.isCancelled { break }
                 // The lease is kept until its deadline (`watchDeadline` gives it up then):

@@ -384,7 +384,9 @@ struct StepRunner: Sendable {
                 try d.migrateLive(to: uri, migrationURI: "tcp://\(address)", listenAddress: listen, xml: xml)
             }
         } catch {
-            let reason = DaemonError.from(error)
+            // libvirt's own words: a failed connection here is between the two libvirtds
+            // (or QEMUs), not this node's libvirtd being down, as `DaemonError.from` reads it.
+            let reason = (error as? LibvirtError).map { "libvirt: \($0.description)" } ?? "\(DaemonError.from(error))"
             logger.warning(
                 "live migration failed; saving the VM to the storage node instead",
                 metadata: ["vm": "\(m.name)", "to": "\(m.node)", "error": "\(reason)"])

@@ -206,3 +206,22 @@ public struct DrainRequest: Codable, Sendable, Equatable {
     public var force: Bool?
     public init(force: Bool? = nil) { self.force = force }
 }
+
+/// `DELETE /v1/nodes/NAME`: what taking a node out did.
+public struct NodeRemovedResponse: Codable, Sendable, Equatable {
+    public var node: String
+    /// The node's etcd member that was removed first, when it had one.
+    public var etcdMember: String?
+    /// etcd's voting members after the removal, and how many of them answered.
+    public var etcdVoters: Int
+    public var etcdHealthyVoters: Int
+    public var message: String
+
+    public init(node: String, etcdMember: String?, etcdVoters: Int, etcdHealthyVoters: Int, message: String) {
+        self.node = node
+        self.etcdMember = etcdMember
+        self.etcdVoters = etcdVoters
+        self.etcdHealthyVoters = etcdHealthyVoters
+        self.message = message
+    }
+}

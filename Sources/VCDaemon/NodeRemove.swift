@@ -1,0 +1,76 @@
+import Foundation
+import VCCatalog
+import VCModel
+
+/// Taking a drained or dead node out of the cluster (`vcnode remove`), from any node.
+extension NodeDrain {
+    /// Removes `name`: its etcd member first when it has one, then its records, leaving a
+    /// mark that keeps its vcd from registering again. Refused, with nothing changed, as
+    /// `NodeRemoval` says. A retry after a failure midway (the member gone, the records
+    /// not) finds no member and finishes.
+    func remove(_ name: String) async throws(DaemonError) -> NodeRemovedResponse {
+        do {
+            try NameRule.checkNode(name)
+            let world = try await PlacementWorld.read(node)
+            let known = Set(world.members.map(\.name)).union(world.live.keys)
+            let operations = try await node.catalog.operations()
+            let underlay = (world.live[name] ?? world.members.first { $0.name == name })?.underlay
+            let members = await Self.health(of: try await node.catalog.etcd.members(), node: name, underlay: underlay)
+            let decision = NodeRemoval.plan(
+                node: name, state: known.contains(name) ? world.state(of: name) : nil, known: Array(known),
+                clusters: world.clusters, busy: Set(operations.map(\.cluster)),
+                coordinating: operations.filter { $0.node == name }.map(\.cluster), members: members)
+            let plan: NodeRemoval.Plan
+            switch decision {
+            case .success(let p): plan = p
+            case .failure(let refusal) where !known.contains(name): throw DaemonError.notFound(refusal.reason)
+            case .failure(let refusal): throw DaemonError.conflict("cannot remove \(name): \(refusal.reason)")
+            }
+            if let member = plan.member {
+                try await node.catalog.etcd.removeMember(member.id)
+                node.logger.notice("etcd member removed", metadata: ["node": "\(name)", "member": "\(member.id)"])
+            }
+            // Right after a member is removed, the others may be electing a leader.
+            let removed = try await RetryPolicy.catalogWrite.run { () async throws(CatalogError) -> Bool in
+                try await node.catalog.remove(
+                    node: name, commitmentRevision: world.commitments[name]?.modRevision, by: node.name)
+            }
+            guard removed else {
+                let done = plan.member == nil ? "" : " (its etcd member is removed already)"
+                throw DaemonError.conflict(
+                    "cannot remove \(name): VMs were placed on it meanwhile\(done); run 'vcnode remove \(name)' again")
+            }
+            node.logger.notice("node removed", metadata: ["node": "\(name)"])
+            let etcd =
+                plan.member == nil
+                ? "it had no etcd member"
+                : "its etcd member too; \(plan.healthyVotersLeft) of \(plan.votersLeft) etcd voting members healthy"
+            return NodeRemovedResponse(
+                node: name, etcdMember: plan.member?.name, etcdVoters: plan.votersLeft,
+                etcdHealthyVoters: plan.healthyVotersLeft, message: "node \(name) removed (\(etcd))")
+        } catch {
+            throw DaemonError.from(error)
+        }
+    }
+
+    /// Each member with whether it answers now (1 s each, all at once). The node's own
+    /// member is the one with its name, or one serving clients on its underlay address.
+    static func health(of members: [EtcdClient.Member], node: String, underlay: String?) async -> [NodeRemoval.Member] {
+        await withTaskGroup(of: NodeRemoval.Member.self) { group in
+            for m in members {
+                group.addTask {
+                    let hosts = m.clientURLs.compactMap { URL(string: $0)?.host }
+                    let own = m.name == node || (underlay.map { hosts.contains($0) } ?? false)
+                    var healthy = false
+                    if let url = m.clientURLs.first {
+                        healthy = await EtcdClient(endpoint: url, timeout: .seconds(1)).answersStatus()
+                    }
+                    return NodeRemoval.Member(
+                        id: m.id, name: own ? node : (m.name.isEmpty ? String(m.id, radix: 16) : m.name),
+                        isLearner: m.isLearner, healthy: healthy)
+                }
+            }
+            return await group.reduce(into: []) { $0.append($1) }.sorted { $0.name < $1.name }
+        }
+    }
+}
