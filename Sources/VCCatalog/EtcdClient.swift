@@ -393,8 +393,13 @@ public struct EtcdClient: Sendable {
 
     /// Removes a member (`/v3/cluster/member/remove`). etcd refuses it, with its own
     /// message, when the members left would not have a quorum of started ones.
+    /// A member that is gone already (an earlier attempt whose reply was lost) is done.
     public func removeMember(_ id: UInt64) async throws(CatalogError) {
-        let _: Header = try await call("/v3/cluster/member/remove", ["ID": String(id)])
+        do {
+            let _: Header = try await call("/v3/cluster/member/remove", ["ID": String(id)])
+        } catch .rejected(_, _, let message) where message.contains("member not found") {
+            return
+        }
     }
 
     /// Whether the member this client talks to answers a status request within the

@@ -141,6 +141,19 @@ extension ClusterLifecycle {
         _ operation: ClusterOperation, with outcome: VirtualCluster, events: AsyncStream<OperationEvent>.Continuation,
         quiet: Bool = false
     ) async {
+        // The origins that host none of its VMs now take its network down before the
+        // journal closes (left to their reconcilers, a destroy right after a drain found
+        // it there); one that cannot be reached now removes it at its next pass.
+        let left = Set((operation.origins ?? [:]).values.map(\.node)).subtracting(outcome.vms.map(\.node))
+        if outcome.state == .running && !left.isEmpty {
+            do {
+                try await StepRunner(node: node, cluster: outcome, image: nil).removeNetwork(from: left.sorted())
+            } catch {
+                node.logger.warning(
+                    "the network stays on the nodes the VMs left until their reconcilers remove it",
+                    metadata: ["cluster": "\(outcome.name)", "nodes": "\(left.sorted())", "error": "\(error)"])
+            }
+        }
         guard await record(operation, outcome: outcome, events: events) else { return }
         guard !quiet else { return }
         if outcome.state == .running {

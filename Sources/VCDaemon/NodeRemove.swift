@@ -14,12 +14,16 @@ extension NodeDrain {
             let world = try await PlacementWorld.read(node)
             let known = Set(world.members.map(\.name)).union(world.live.keys)
             let operations = try await node.catalog.operations()
-            let underlay = (world.live[name] ?? world.members.first { $0.name == name })?.underlay
+            let record = world.live[name] ?? world.members.first { $0.name == name }
+            let underlay = record?.underlay
+            let storage = record?.roles.contains(.storage) ?? false
+            let images = storage ? try await node.catalog.images().map(\.name) : []
             let members = await Self.health(of: try await node.catalog.etcd.members(), node: name, underlay: underlay)
             let decision = NodeRemoval.plan(
                 node: name, state: known.contains(name) ? world.state(of: name) : nil, known: Array(known),
                 clusters: world.clusters, busy: Set(operations.map(\.cluster)),
-                coordinating: operations.filter { $0.node == name }.map(\.cluster), members: members)
+                coordinating: operations.filter { $0.node == name }.map(\.cluster), members: members,
+                storage: storage, images: images)
             let plan: NodeRemoval.Plan
             switch decision {
             case .success(let p): plan = p
@@ -27,7 +31,11 @@ extension NodeDrain {
             case .failure(let refusal): throw DaemonError.conflict("cannot remove \(name): \(refusal.reason)")
             }
             if let member = plan.member {
-                try await node.catalog.etcd.removeMember(member.id)
+                // etcd refuses a removal ("unhealthy cluster") until the members left have
+                // been connected for 5 s (its HealthInterval), as right after a start.
+                try await RetryPolicy.catalogWrite.run { () async throws(CatalogError) in
+                    try await node.catalog.etcd.removeMember(member.id)
+                }
                 node.logger.notice("etcd member removed", metadata: ["node": "\(name)", "member": "\(member.id)"])
             }
             // Right after a member is removed, the others may be electing a leader.

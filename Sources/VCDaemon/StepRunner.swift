@@ -98,6 +98,18 @@ struct StepRunner: Sendable {
         }
     }
 
+    /// Takes the cluster's network off `hosts`, nodes that host none of its VMs any more,
+    /// in the reverse order of the plan's shared steps (its boundary last); a node that is
+    /// down removes it itself when it comes back.
+    func removeNetwork(from hosts: [String]) async throws {
+        for step in ClusterPlan.networkSteps.reversed() {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for host in hosts { group.addTask { _ = try await run(step, undo: true, on: host) } }
+                try await group.waitForAll()
+            }
+        }
+    }
+
     private func run(_ step: Step, undo: Bool, on name: String, record: NodeRecord? = nil) async throws -> String? {
         if name == node.name {
             if undo {

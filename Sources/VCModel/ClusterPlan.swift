@@ -117,10 +117,13 @@ public struct ClusterPlan: Sendable, Equatable {
 
     public var allSteps: [Step] { shared + machines.flatMap { $0 } + final }
 
+    /// A cluster's network on each node that hosts it, in the order it is made.
+    public static let networkSteps: [Step] = [.firewall, .bridge, .overlay, .dhcp]
+
     /// Creating a cluster.
     public static func create(_ cluster: VirtualCluster) -> ClusterPlan {
         ClusterPlan(
-            shared: [.firewall, .bridge, .overlay, .dhcp],
+            shared: networkSteps,
             machines: cluster.vms.map {
                 [
                     .snapshot(vm: $0.name), .export(vm: $0.name), .verify(vm: $0.name), .secret(vm: $0.name),
@@ -153,7 +156,7 @@ public struct ClusterPlan: Sendable, Equatable {
     /// each domain defined where it is placed, then each VM restored.
     public static func resume(_ cluster: VirtualCluster) -> ClusterPlan {
         ClusterPlan(
-            shared: [.firewall, .bridge, .overlay, .dhcp],
+            shared: networkSteps,
             machines: cluster.vms.map {
                 [
                     .export(vm: $0.name), .verify(vm: $0.name), .secret(vm: $0.name), .define(vm: $0.name),
@@ -174,7 +177,7 @@ extension ClusterPlan {
     public static func recover(_ cluster: VirtualCluster, vms: [String]) -> ClusterPlan {
         let moved = cluster.vms.filter { vms.contains($0.name) }
         return ClusterPlan(
-            shared: [.firewall, .bridge, .overlay, .dhcp],
+            shared: networkSteps,
             machines: moved.map {
                 [
                     .export(vm: $0.name), .verify(vm: $0.name), .secret(vm: $0.name), .define(vm: $0.name),
@@ -197,7 +200,7 @@ extension ClusterPlan {
     public static func migrate(_ cluster: VirtualCluster, vms: [String]) -> ClusterPlan {
         let moved = cluster.vms.filter { vms.contains($0.name) }
         return ClusterPlan(
-            shared: [.firewall, .bridge, .overlay, .dhcp],
+            shared: networkSteps,
             machines: moved.map {
                 [
                     .admit(vm: $0.name), .secret(vm: $0.name), .define(vm: $0.name), .migrate(vm: $0.name),
@@ -217,7 +220,7 @@ extension ClusterPlan {
     /// have their disks exported to their old incarnation alone again.
     public static func settleMigration(restarted: [String], stayed: [String]) -> ClusterPlan {
         ClusterPlan(
-            shared: [.firewall, .bridge, .overlay, .dhcp],
+            shared: networkSteps,
             machines: restarted.map { [.secret(vm: $0), .define(vm: $0), .start(vm: $0), .export(vm: $0)] }
                 + stayed.map { [.export(vm: $0)] },
             final: restarted.map { .release(vm: $0) })

@@ -49,13 +49,22 @@ public enum NodeRemoval {
     ///   - coordinating: clusters whose operation the node coordinates.
     ///   - members: etcd's member list, each with its health; the node's member is the
     ///     one with its name.
+    ///   - storage: whether the node has the storage role; `images` are the golden images
+    ///     the catalog knows (they are on the storage node, as every cluster's disks).
     public static func plan(
         node: String, state: NodeState?, known: [String], clusters: [ClusterSummary], busy: Set<String>,
-        coordinating: [String], members: [Member]
+        coordinating: [String], members: [Member], storage: Bool = false, images: [String] = []
     ) -> Result<Plan, Refusal> {
         guard let state else {
             let names = known.sorted().joined(separator: ", ")
             return .failure(Refusal(reason: "no node named '\(node)'; known nodes: \(names.isEmpty ? "none" : names)"))
+        }
+        if storage && !(clusters.isEmpty && images.isEmpty) {
+            return .failure(
+                Refusal(
+                    reason:
+                        "node \(node) is the storage node and holds the disks of \(clusters.count) cluster(s) and "
+                        + "\(images.count) image(s); destroy and delete them first"))
         }
         if state == .ready {
             return .failure(

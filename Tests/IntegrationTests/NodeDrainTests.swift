@@ -187,6 +187,102 @@ import VCModel
         }
     }
 
+    /// The node that coordinates a drain dies while the VM's move is under way (the
+    /// destination is slow, so the kill lands between the admission and the live
+    /// migration): a live node takes the operation over and settles it from where the VM
+    /// runs. The cluster is free again, the VM runs on one node only (sampled every 100 ms
+    /// all along), the one its record names, its guest counting on with every number once,
+    /// and tgtd admits that incarnation alone.
+    @Test(.timeLimit(.minutes(10)))
+    func aDrainWhoseCoordinatorDiesIsSettledFromWhereTheVMRuns() async throws {
+        let slow = "testing: {stepDelayMilliseconds: 3000}"
+        try await NodeTestbed.with(computeNodes: 3, extra: ["n1": Self.tick, "n2": slow]) { bed in
+            let imported = try await bed.vc(bed.storage, ["image", "import", "tiny", Build.tinyImage])
+            #expect(imported.status == 0, "\(imported)")
+            let created = try await bed.vc(
+                "n1", ["cluster", "create", "kd", "--image", "tiny", "--vms", "1", "--memory", "128M", "--node", "n1"])
+            try #require(created.status == 0, "\(created)")
+            let before = try await bed.vcJSON("n1", ClusterStatus.self, ["cluster", "show", "kd"])
+            let vm = try #require(before.cluster.vms.first)
+            try await NodeFailoverTests().waitForConsole(bed, "n1", "kd", vm.name, "PEERLESS-TINY-TICK n=3")
+            // Only n2 can take it, and n3 coordinates.
+            #expect(try await bed.vcnode("n1", ["cordon", "n3"]).status == 0)
+
+            let sampler = RunningSampler(bed: bed, cluster: "kd", runningOnly: true)
+            let sampling = Task { await sampler.run() }
+            let ticks = TickSampler(bed: bed, cluster: "kd", vm: vm.name)
+            let counting = Task { await ticks.run() }
+            let drain = Task { try await bed.vcnode("n3", ["drain", "n1"]) }
+            _ = try await eventually("the migrate to be journaled", timeout: .seconds(30), every: .milliseconds(100)) {
+                let op = try await bed.etcdctl(["get", "/peerless/ops/kd", "--print-value-only"])
+                return (op.stdout.contains("\"migrate\"") ? true : nil, op.stdout)
+            }
+            try await Task.sleep(for: .seconds(1))
+            try await bed.kill("n3")
+            let drained = try await drain.value
+            #expect(drained.status != 0, "the drain's coordinator died: \(drained)")
+
+            let settled = try await eventually(
+                "a live node to settle the migrate", timeout: .seconds(90), every: .milliseconds(500)
+            ) { () async throws -> (ClusterStatus?, String) in
+                guard let s = try? await bed.vcJSON("n1", ClusterStatus.self, ["cluster", "show", "kd"]) else {
+                    return (nil, "no answer")
+                }
+                let done = s.operation == nil && s.vms.first?.domain == "running"
+                return (done ? s : nil, "\(s.cluster.state) \(String(describing: s.operation?.kind)) \(s.vms)")
+            }
+            let record = try #require(settled.cluster.vms.first)
+            let runs = try #require(settled.vms.first)
+            print("settled after the coordinator died: \(vm.name) on \(runs.node), generation \(record.generation)")
+            #expect(runs.node == record.node && ["n1", "n2"].contains(runs.node), "\(runs) vs \(record)")
+            #expect(settled.cluster.state == .running, "\(settled.cluster)")
+            // Counting on where it runs now.
+            try await Task.sleep(for: .seconds(3))
+            sampling.cancel()
+            counting.cancel()
+            let twice = await sampling.value
+            let seen = await counting.value
+            #expect(twice.isEmpty, "a VM ran on two nodes at once: \(twice)")
+            let numbers = seen.ticks.map(\.n)
+            try #require(!numbers.isEmpty)
+            #expect(numbers == Array(numbers.first!...numbers.last!), "ticks missing: \(numbers)")
+            #expect(seen.ticks.last?.node == runs.node, "\(seen.ticks.suffix(3))")
+            // tgtd admits the running incarnation and no other of this VM.
+            let targets = try await bed.exec(
+                bed.storage, ["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"])
+            let names = Self.initiators(of: "disk.\(vm.name)", in: targets.stdout)
+            #expect(names == [record.initiator], "initiator names at \(vm.name)'s target: \(names)\n\(targets.stdout)")
+
+            let destroyed = try await bed.vc("n1", ["cluster", "destroy", "kd"])
+            #expect(destroyed.status == 0, "\(destroyed)")
+        }
+    }
+
+    /// The initiator names in the ACL and the sessions of the target whose name ends in
+    /// `suffix`, from `tgtadm --op show --mode target`.
+    static func initiators(of suffix: String, in listing: String) -> Set<String> {
+        var names: Set<String> = []
+        var inTarget = false
+        var inACL = false
+        for raw in listing.split(whereSeparator: \.isNewline) {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if raw.hasPrefix("Target ") {
+                inTarget = line.hasSuffix(suffix)
+                inACL = false
+                continue
+            }
+            guard inTarget else { continue }
+            if line.hasPrefix("Initiator: ") {
+                names.insert(String(line.dropFirst("Initiator: ".count).split(separator: " ").first ?? ""))
+            } else if line.hasSuffix("information:") {
+                inACL = line == "ACL information:"
+            } else if inACL && !line.isEmpty {
+                names.insert(line)
+            }
+        }
+        return names
+    }
+
     /// "paused N ms" from a drain's progress line.
     static func pausedMilliseconds(_ text: String) -> Int? {
         guard let r = text.range(of: ", paused ") else { return nil }

@@ -81,6 +81,20 @@ import Testing
         #expect(plan.member?.id == 1 && plan.votersLeft == 2 && plan.healthyVotersLeft == 2)
     }
 
+    /// The storage node holds every disk and image: it goes only when there are none.
+    @Test func theStorageNodeGoesOnlyWhenItHoldsNothing() throws {
+        let summary = Self.summary("web", nodes: ["n1"])
+        let why = Self.refusal(
+            NodeRemoval.plan(
+                node: "stor", state: .cordoned, known: ["stor"], clusters: [summary], busy: [], coordinating: [],
+                members: Self.members(), storage: true, images: ["tiny"]))
+        #expect(why.contains("storage node and holds the disks of 1 cluster(s) and 1 image(s)"), "\(why)")
+        let empty = NodeRemoval.plan(
+            node: "stor", state: .dead, known: ["stor"], clusters: [], busy: [], coordinating: [],
+            members: Self.members(), storage: true)
+        #expect(try empty.get().member == nil)
+    }
+
     @Test func aLearnerGoesWithoutCountingAndTheLastVoterStays() throws {
         var members = Self.members(down: ["n1", "n3"])
         members.append(NodeRemoval.Member(id: 4, name: "n4", isLearner: true, healthy: true))
