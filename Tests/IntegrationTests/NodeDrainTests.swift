@@ -145,14 +145,7 @@ import VCModel
     func aFailedLiveMigrationFallsBackToSuspendMoveAndResume() async throws {
         let broken = "testing: {guestOEM: [\"peerless.tick=1\"], breakLiveMigration: true}"
         try await NodeTestbed.with(computeNodes: 2, extra: ["n1": broken, "n2": Self.tick]) { bed in
-            let imported = try await bed.vc(bed.storage, ["image", "import", "tiny", Build.tinyImage])
-            #expect(imported.status == 0, "\(imported)")
-            let created = try await bed.vc(
-                "n2", ["cluster", "create", "fb", "--image", "tiny", "--vms", "1", "--memory", "128M", "--node", "n1"])
-            try #require(created.status == 0, "\(created)")
-            let before = try await bed.vcJSON("n2", ClusterStatus.self, ["cluster", "show", "fb"])
-            let vm = try #require(before.cluster.vms.first)
-            try await NodeFailoverTests().waitForConsole(bed, "n1", "fb", vm.name, "PEERLESS-TINY-TICK n=3")
+            let vm = try await Self.countingVM(bed, cluster: "fb", on: "n1", asking: "n2")
 
             let ticks = TickSampler(bed: bed, cluster: "fb", vm: vm.name)
             let counting = Task { await ticks.run() }
@@ -197,14 +190,7 @@ import VCModel
     func aDrainWhoseCoordinatorDiesIsSettledFromWhereTheVMRuns() async throws {
         let slow = "testing: {stepDelayMilliseconds: 3000}"
         try await NodeTestbed.with(computeNodes: 3, extra: ["n1": Self.tick, "n2": slow]) { bed in
-            let imported = try await bed.vc(bed.storage, ["image", "import", "tiny", Build.tinyImage])
-            #expect(imported.status == 0, "\(imported)")
-            let created = try await bed.vc(
-                "n1", ["cluster", "create", "kd", "--image", "tiny", "--vms", "1", "--memory", "128M", "--node", "n1"])
-            try #require(created.status == 0, "\(created)")
-            let before = try await bed.vcJSON("n1", ClusterStatus.self, ["cluster", "show", "kd"])
-            let vm = try #require(before.cluster.vms.first)
-            try await NodeFailoverTests().waitForConsole(bed, "n1", "kd", vm.name, "PEERLESS-TINY-TICK n=3")
+            let vm = try await Self.countingVM(bed, cluster: "kd", on: "n1", asking: "n1")
             // Only n2 can take it, and n3 coordinates.
             #expect(try await bed.vcnode("n1", ["cordon", "n3"]).status == 0)
 
@@ -256,6 +242,23 @@ import VCModel
             let destroyed = try await bed.vc("n1", ["cluster", "destroy", "kd"])
             #expect(destroyed.status == 0, "\(destroyed)")
         }
+    }
+
+    /// A 1-VM cluster of 128 MiB pinned to `node`, created through `asking`, once its guest
+    /// has counted to 3 on its console.
+    static func countingVM(_ bed: NodeTestbed, cluster: String, on node: String, asking: String) async throws
+        -> VirtualMachine
+    {
+        let imported = try await bed.vc(bed.storage, ["image", "import", "tiny", Build.tinyImage])
+        #expect(imported.status == 0, "\(imported)")
+        let created = try await bed.vc(
+            asking,
+            ["cluster", "create", cluster, "--image", "tiny", "--vms", "1", "--memory", "128M", "--node", node])
+        try #require(created.status == 0, "\(created)")
+        let before = try await bed.vcJSON(asking, ClusterStatus.self, ["cluster", "show", cluster])
+        let vm = try #require(before.cluster.vms.first)
+        try await NodeFailoverTests().waitForConsole(bed, node, cluster, vm.name, "PEERLESS-TINY-TICK n=3")
+        return vm
     }
 
     /// The initiator names in the ACL and the sessions of the target whose name ends in
