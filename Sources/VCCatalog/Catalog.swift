@@ -337,14 +337,18 @@ public struct Catalog: Sendable {
     public func uncordon(_ node: String) async throws(CatalogError) { try await etcd.delete(cordonKey(node)) }
 
     /// Moves an operation whose node holds no lease any more to `node`, so that it is
-    /// finished or undone by a live one. Fails (false) if the entry changed or its owner
-    /// is alive again.
+    /// finished or undone by a live one. Fails (nil) if the entry changed, its owner is
+    /// alive again, or `node` itself is not registered (its lease lapsed, or it was
+    /// removed): a node without a lease takes nothing over.
     public func takeOver(_ operation: ClusterOperation, by node: String) async throws(CatalogError) -> ClusterOperation?
     {
         var moved = operation
         moved.node = node
         let ok = try await etcd.txn(
-            [.value(operationKey(operation.cluster), equals: try encode(operation)), .absent(nodeKey(operation.node))],
+            [
+                .value(operationKey(operation.cluster), equals: try encode(operation)),
+                .absent(nodeKey(operation.node)), .present(nodeKey(node)),
+            ],
             success: [.put(operationKey(operation.cluster), try encode(moved))])
         return ok ? moved : nil
     }
