@@ -138,13 +138,15 @@ public struct Catalog: Sendable {
         let sk = subnetKey(cluster.network.subnet)
         let (guards, puts) = try commitmentOps(commitments)
         let ok = try await etcd.txn(
-            [.absent(ck), .absent(sk), .absent(operationKey(cluster.name))] + guards,
+            [.absent(ck), .absent(sk), .absent(operationKey(cluster.name)), .present(nodeKey(operation.node))]
+                + guards,
             success: [
                 .put(ck, try encode(cluster)), .put(sk, Array(cluster.name.utf8)),
                 .put(secretsKey(cluster.name), try encode(secrets)),
                 .put(operationKey(cluster.name), try encode(operation)),
             ] + puts)
         guard ok else {
+            if try await etcd.get(nodeKey(operation.node)) == nil { throw .unregistered(node: operation.node) }
             if try await etcd.get(ck) != nil { throw .alreadyExists(kind: "cluster", name: cluster.name) }
             if try await etcd.get(sk) != nil || commitments.isEmpty { throw .conflict(key: sk) }
             throw .conflict(key: commitmentKey(commitments[0].node))
@@ -187,8 +189,9 @@ public struct Catalog: Sendable {
     }
 
     /// Opens an operation on an existing cluster and moves it to `state`, provided nobody
-    /// changed the cluster since it was read and no other operation holds it.
-    /// With `placed`, the cluster's VMs move to new placements in the same transaction,
+    /// changed the cluster since it was read, no other operation holds it and the node
+    /// that runs it is registered (a node without a lease starts nothing: the others would
+    /// take its operation over at once). With `placed`, the cluster's VMs move to new placements in the same transaction,
     /// guarded by `commitments` as in `beginCreate`.
     public func begin(
         _ operation: ClusterOperation, on cluster: Versioned<VirtualCluster>, state: ClusterState, now: Date,
@@ -201,9 +204,13 @@ public struct Catalog: Sendable {
         let ck = clusterKey(updated.name)
         let (guards, puts) = try commitmentOps(commitments)
         let ok = try await etcd.txn(
-            [.modRevision(ck, equals: cluster.modRevision), .absent(operationKey(updated.name))] + guards,
+            [
+                .modRevision(ck, equals: cluster.modRevision), .absent(operationKey(updated.name)),
+                .present(nodeKey(operation.node)),
+            ] + guards,
             success: [.put(ck, try encode(updated)), .put(operationKey(updated.name), try encode(operation))] + puts)
         guard ok else {
+            if try await etcd.get(nodeKey(operation.node)) == nil { throw .unregistered(node: operation.node) }
             if let running = try await self.operation(updated.name) {
                 throw .busy(cluster: updated.name, operation: running)
             }
@@ -292,12 +299,11 @@ public struct Catalog: Sendable {
     /// Takes a node out: its live key, member record, cordon and commitment go, and a
     /// mark stays that keeps its vcd from registering again. Guarded by the commitment's
     /// revision as read (nil: absent), so that nothing placed on the node since is lost;
-    /// false when that changed. The lease of a node that still runs is revoked after: its
-    /// vcd, renewing in vain, registers again and is refused.
-    public func remove(node name: String, commitmentRevision: Int64?, by remover: String) async throws(CatalogError)
-        -> Bool
-    {
-        let lease = try await etcd.get(nodeKey(name))?.lease ?? 0
+    /// false when that changed. `lease`, the node's registration lease as read before, is
+    /// revoked after: its vcd, renewing in vain, registers again and is refused.
+    public func remove(
+        node name: String, commitmentRevision: Int64?, lease: Int64?, by remover: String
+    ) async throws(CatalogError) -> Bool {
         let key = commitmentKey(name)
         let removed = try await etcd.txn(
             [commitmentRevision.map { .modRevision(key, equals: $0) } ?? .absent(key)],
@@ -310,8 +316,19 @@ public struct Catalog: Sendable {
         if !removed {
             guard try await etcd.get(removedKey(name)) != nil else { return false }
         }
-        if lease != 0 { try? await etcd.revoke(lease: lease) }
+        if let lease, lease != 0 {
+            // Revoked or not (etcd may be electing after the member left), the vcd there
+            // finds its registration gone at its next renewal (see `NodeLease`).
+            try? await RetryPolicy.catalogWrite.run { () async throws(CatalogError) in
+                try await etcd.revoke(lease: lease)
+            }
+        }
         return true
+    }
+
+    /// The lease a node's live key is under, nil when it is not registered.
+    public func registrationLease(_ name: String) async throws(CatalogError) -> Int64? {
+        try await etcd.get(nodeKey(name))?.lease
     }
 
     /// Every node that ever registered, alive or not.

@@ -26,6 +26,8 @@ public enum CatalogError: Error, Sendable, CustomStringConvertible {
     case noQuorum(answered: Int, of: Int, reasons: String)
     /// The node was taken out of the cluster (`vcnode remove`) and may not register again.
     case removed(node: String)
+    /// The node that would run an operation holds no registration (no lease) now.
+    case unregistered(node: String)
 
     public var description: String {
         switch self {
@@ -49,7 +51,10 @@ public enum CatalogError: Error, Sendable, CustomStringConvertible {
                 "the catalog has no quorum: \(answered) of \(of) etcd members can be reached (\(reasons)); running VMs keep running; start the members again"
         case .removed(let node):
             return
-                "node \(node) was removed from the cluster (vcnode remove); it does not register again under that name"
+                "node \(node) was removed from the cluster (vcnode remove) and does not register again under that name; stop its vcd, or give the machine a new name"
+        case .unregistered(let node):
+            return
+                "node \(node) holds no lease in the catalog now (starting, cut off from etcd, or removed), so it starts nothing; retry shortly or ask another node"
         }
     }
 }
@@ -71,7 +76,7 @@ extension CatalogError {
             if status == 503 || status == 504 { return true }
             let text = message.lowercased()
             return Self.transientMessages.contains { text.contains($0) }
-        case .corrupt, .conflict, .alreadyExists, .notFound, .busy, .removed: return false
+        case .corrupt, .conflict, .alreadyExists, .notFound, .busy, .removed, .unregistered: return false
         }
     }
 

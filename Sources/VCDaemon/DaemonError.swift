@@ -71,6 +71,7 @@ public enum DaemonError: Error, Sendable, CustomStringConvertible {
             case .rejected: return e.isRetryable ? .unavailable(e.description) : .failed(e.description)
             case .corrupt: return .failed(e.description)
             case .removed: return .conflict(e.description)
+            case .unregistered: return .unavailable(e.description)
             }
         case let e as StorageError:
             switch e {

@@ -126,13 +126,24 @@ public struct NodeLease: Service, CustomStringConvertible {
             do {
                 // A TTL etcd reports longer than the one asked (a leader change) is not
                 // believed: the time left is counted from the send time.
-                if let id = lease, case let left = try await node.catalog.etcd.keepAlive(lease: id), left > 0 {
+                // Renewed, the registration must still be under it: a node removed while
+                // its lease was kept (its revoke lost) finds out here, and is refused below.
+                if let id = lease, case let left = try await node.catalog.etcd.keepAlive(lease: id), left > 0,
+                    try await node.catalog.registrationLease(record.name) == id
+                {
                     await readiness.lease(held: true)
                     await node.lease.held(id, until: sent + .seconds(min(left, ttl)) - Self.margin)
                 } else {
                     await node.lease.set(nil)
+                    if let id = lease { try? await node.catalog.etcd.revoke(lease: id) }
+                    lease = nil
                     let granted = try await node.catalog.etcd.grantLease(ttlSeconds: ttl)
-                    try await node.catalog.register(record, lease: granted.id)
+                    do {
+                        try await node.catalog.register(record, lease: granted.id)
+                    } catch {
+                        try? await node.catalog.etcd.revoke(lease: granted.id)
+                        throw error
+                    }
                     lease = granted.id
                     node.logger.info("node registered", metadata: ["lease": "\(granted.id)", "ttl": "\(granted.ttl)"])
                     await readiness.lease(held: true)
@@ -140,7 +151,9 @@ public struct NodeLease: Service, CustomStringConvertible {
                 }
             } catch CatalogError.removed {
                 // Taken out (`vcnode remove`): it stays out, holding nothing, and says so once.
-                node.logger.error("\(CatalogError.removed(node: record.name))")
+                node.logger.error(
+                    "this node was removed from the cluster; it stays out",
+                    metadata: ["error": "\(CatalogError.removed(node: record.name))"])
                 (removed, lease) = (true, nil)
                 await readiness.lease(held: false)
             } catch {

@@ -18,11 +18,24 @@ extension NodeDrain {
             let underlay = record?.underlay
             let storage = record?.roles.contains(.storage) ?? false
             let images = storage ? try await node.catalog.images().map(\.name) : []
-            let members = await Self.health(of: try await node.catalog.etcd.members(), node: name, underlay: underlay)
+            let listed = try await node.catalog.etcd.members()
+            let members = await Self.health(of: listed, node: name, underlay: underlay)
+            // A member serving the node's address under another name or URL would be left
+            // voting: the configured endpoints say it is a member, the list must show it.
+            let etcdHosts = Set(node.configuration.etcd.allEndpoints.compactMap { URL(string: $0)?.host })
+            if let underlay, etcdHosts.contains(underlay), !members.contains(where: { $0.name == name }) {
+                throw DaemonError.conflict(
+                    "cannot remove \(name): the etcd endpoints name \(underlay) but no etcd member is named \(name) or "
+                        + "serves there (\(listed.map(\.name).joined(separator: ", "))); remove its member with "
+                        + "etcdctl member remove first")
+            }
             let decision = NodeRemoval.plan(
                 node: name, state: known.contains(name) ? world.state(of: name) : nil, known: Array(known),
                 clusters: world.clusters, busy: Set(operations.map(\.cluster)),
-                coordinating: operations.filter { $0.node == name }.map(\.cluster), members: members,
+                coordinating: operations.filter { $0.node == name }.map(\.cluster),
+                migratingFrom: operations.filter { ($0.origins ?? [:]).values.contains { $0.node == name } }
+                    .map(\.cluster),
+                members: members,
                 storage: storage, images: images)
             let plan: NodeRemoval.Plan
             switch decision {
@@ -30,6 +43,9 @@ extension NodeDrain {
             case .failure(let refusal) where !known.contains(name): throw DaemonError.notFound(refusal.reason)
             case .failure(let refusal): throw DaemonError.conflict("cannot remove \(name): \(refusal.reason)")
             }
+            // Read once, before the member goes (etcd may elect a leader after that), and
+            // not again: a retry after a lost reply finds the registration gone already.
+            let lease = try await node.catalog.registrationLease(name)
             if let member = plan.member {
                 // etcd refuses a removal ("unhealthy cluster") until the members left have
                 // been connected for 5 s (its HealthInterval), as right after a start.
@@ -41,7 +57,7 @@ extension NodeDrain {
             // Right after a member is removed, the others may be electing a leader.
             let removed = try await RetryPolicy.catalogWrite.run { () async throws(CatalogError) -> Bool in
                 try await node.catalog.remove(
-                    node: name, commitmentRevision: world.commitments[name]?.modRevision, by: node.name)
+                    node: name, commitmentRevision: world.commitments[name]?.modRevision, lease: lease, by: node.name)
             }
             guard removed else {
                 let done = plan.member == nil ? "" : " (its etcd member is removed already)"

@@ -47,13 +47,16 @@ public enum NodeRemoval {
     ///   - known: every node the catalog knows, for the error about an unknown name.
     ///   - busy: clusters an operation holds now.
     ///   - coordinating: clusters whose operation the node coordinates.
+    ///   - migratingFrom: clusters whose migration in progress moves VMs off the node (their
+    ///     records place them on the destination already).
     ///   - members: etcd's member list, each with its health; the node's member is the
     ///     one with its name.
     ///   - storage: whether the node has the storage role; `images` are the golden images
     ///     the catalog knows (they are on the storage node, as every cluster's disks).
     public static func plan(
         node: String, state: NodeState?, known: [String], clusters: [ClusterSummary], busy: Set<String>,
-        coordinating: [String], members: [Member], storage: Bool = false, images: [String] = []
+        coordinating: [String], migratingFrom: [String] = [], members: [Member], storage: Bool = false,
+        images: [String] = []
     ) -> Result<Plan, Refusal> {
         guard let state else {
             let names = known.sorted().joined(separator: ", ")
@@ -75,6 +78,13 @@ public enum NodeRemoval {
                 Refusal(
                     reason:
                         "node \(node) coordinates an operation on cluster '\(cluster)'; remove it when that ends"))
+        }
+        if let cluster = migratingFrom.sorted().first {
+            return .failure(
+                Refusal(
+                    reason:
+                        "VMs of cluster '\(cluster)' are moving off \(node) (a drain in progress); remove it when that ends"
+                ))
         }
         var placed: [String] = []
         for cluster in clusters.sorted(by: { $0.spec.name < $1.spec.name }) where cluster.state != .suspended {

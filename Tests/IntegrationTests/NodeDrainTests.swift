@@ -199,11 +199,16 @@ import VCModel
             let ticks = TickSampler(bed: bed, cluster: "kd", vm: vm.name)
             let counting = Task { await ticks.run() }
             let drain = Task { try await bed.vcnode("n3", ["drain", "n1"]) }
-            _ = try await eventually("the migrate to be journaled", timeout: .seconds(30), every: .milliseconds(100)) {
-                let op = try await bed.etcdctl(["get", "/peerless/ops/kd", "--print-value-only"])
-                return (op.stdout.contains("\"migrate\"") ? true : nil, op.stdout)
+            // Killed once the destination's incarnation is admitted beside the running one
+            // (n2's define steps still to come, 3 s each).
+            _ = try await eventually(
+                "the destination's incarnation to be admitted", timeout: .seconds(60), every: .milliseconds(100)
+            ) {
+                let targets = try await bed.exec(
+                    bed.storage, ["tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target"])
+                let names = Self.initiators(of: "disk.\(vm.name)", in: targets.stdout)
+                return (names.count >= 2 ? true : nil, "\(names)")
             }
-            try await Task.sleep(for: .seconds(1))
             try await bed.kill("n3")
             let drained = try await drain.value
             #expect(drained.status != 0, "the drain's coordinator died: \(drained)")

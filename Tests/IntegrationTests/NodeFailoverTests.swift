@@ -165,7 +165,8 @@ import VCModel
     /// what moved off it. `PEERLESS_NODELOSS_ROUNDS` rounds of each (default 10 here, about 25 s a round;
     /// `scripts/soak-nodeloss.sh` runs many more) and a report of VMs lost, VMs seen on
     /// two nodes and leftovers, all of which must be 0.
-    @Test(.timeLimit(.minutes(45)))
+    // Long enough for the soak's 50 rounds of each (about 25 s a round).
+    @Test(.timeLimit(.minutes(90)))
     func killAndPartitionOverAndOverLoseNothing() async throws {
         let rounds = Int(ProcessInfo.processInfo.environment["PEERLESS_NODELOSS_ROUNDS"] ?? "") ?? 10
         try await NodeTestbed.with(computeNodes: 3) { bed in

@@ -38,6 +38,7 @@ import VCModel
             #expect(try await state(bed, "n1") == nil, "n1 is gone from vc node list")
 
             // Now n2 may go (one voter left, healthy): its vcd still runs, and stays out.
+            let lease = try await bed.etcdctl(["get", "/peerless/nodes/n2", "--write-out", "json"])
             let last = try await bed.vcnode("n3", ["remove", "n2", "--output", "json"])
             #expect(last.status == 0, "\(last)")
             let removed = try JSONDecoder().decode(NodeRemovedResponse.self, from: Data(last.stdout.utf8))
@@ -48,6 +49,10 @@ import VCModel
             #expect(try await state(bed, "n2") == nil, "the removed n2 came back")
             let log = (try? String(contentsOfFile: bed.logFile("n2", "vcd"), encoding: .utf8)) ?? ""
             #expect(log.contains("node n2 was removed from the cluster"), "n2's vcd says why it stays out")
+            // Its registration lease is gone: it holds nothing another node could wait on.
+            let id = try #require(Self.leaseID(lease.stdout), "no lease in \(lease.stdout)")
+            let ttl = try await bed.etcdctl(["lease", "timetolive", String(id, radix: 16)])
+            #expect(ttl.stdout.contains("already expired") || ttl.stdout.contains("not found"), "\(ttl)")
             let again = try await bed.vcnode("n3", ["remove", "n2"])
             #expect(again.status != 0 && again.stderr.contains("no node named 'n2'"), "\(again)")
 
@@ -59,6 +64,15 @@ import VCModel
             #expect(shown.vms.map(\.node) == ["n3"], "\(shown.vms)")
             #expect(try await bed.vc("n3", ["cluster", "destroy", "rm"]).status == 0)
         }
+    }
+
+    /// The lease of the one key in `etcdctl get --write-out json`'s answer.
+    static func leaseID(_ json: String) -> Int64? {
+        struct Answer: Decodable {
+            struct KV: Decodable { var lease: Int64? }
+            var kvs: [KV]?
+        }
+        return (try? JSONDecoder().decode(Answer.self, from: Data(json.utf8)))?.kvs?.first?.lease
     }
 
     /// The etcd members' names, as etcdctl lists them.

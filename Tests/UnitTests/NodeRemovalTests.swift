@@ -67,6 +67,12 @@ import Testing
         #expect(busy.contains("operation in progress") && busy.contains("web"), "\(busy)")
         let coordinating = Self.refusal(Self.plan("n2", state: .dead, coordinating: ["db"]))
         #expect(coordinating.contains("coordinates an operation on cluster 'db'"), "\(coordinating)")
+        // A migration places its VMs on the destination when it begins: the origin looks
+        // empty, and still runs them.
+        let moving = NodeRemoval.plan(
+            node: "n2", state: .cordoned, known: ["n1", "n2"], clusters: [Self.summary("web", nodes: ["n1"])],
+            busy: ["web"], coordinating: [], migratingFrom: ["web"], members: Self.members())
+        #expect(Self.refusal(moving).contains("cluster 'web' are moving off n2"), "\(moving)")
     }
 
     /// With n1's member down, removing healthy n2 would leave n3 alone of two voters: refused,
