@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 mkdir -p bench/results
 {
   echo "# Peerless benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
-  for b in clone provision create suspend import scale list nodes nodeloss; do bash "bench/$b.sh"; done
+  for b in clone provision create suspend import scale list nodes nodeloss migrate; do bash "bench/$b.sh"; done
 } | tee bench/results/latest.md
