@@ -298,15 +298,18 @@ public struct Catalog: Sendable {
 
     /// Takes a node out: its live key, member record, cordon and commitment go, and a
     /// mark stays that keeps its vcd from registering again. Guarded by the commitment's
-    /// revision as read (nil: absent), so that nothing placed on the node since is lost;
-    /// false when that changed. `lease`, the node's registration lease as read before, is
+    /// revision as read (nil: absent), so that nothing placed on the node since is lost,
+    /// and by its state as read; false when either changed. `lease`, the node's registration lease as read before, is
     /// revoked after: its vcd, renewing in vain, registers again and is refused.
     public func remove(
         node name: String, commitmentRevision: Int64?, lease: Int64?, by remover: String
     ) async throws(CatalogError) -> Bool {
         let key = commitmentKey(name)
+        // As read: dead stays unregistered, alive stays cordoned (a node that came back
+        // ready, or an uncordon, since then fails the guard).
+        let state: Compare = lease == nil ? .absent(nodeKey(name)) : .present(cordonKey(name))
         let removed = try await etcd.txn(
-            [commitmentRevision.map { .modRevision(key, equals: $0) } ?? .absent(key)],
+            [commitmentRevision.map { .modRevision(key, equals: $0) } ?? .absent(key), state],
             success: [
                 .delete(nodeKey(name)), .delete(memberKey(name)), .delete(cordonKey(name)), .delete(key),
                 .put(removedKey(name), Array("removed through \(remover)".utf8)),

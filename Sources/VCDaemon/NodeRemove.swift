@@ -62,7 +62,8 @@ extension NodeDrain {
             guard removed else {
                 let done = plan.member == nil ? "" : " (its etcd member is removed already)"
                 throw DaemonError.conflict(
-                    "cannot remove \(name): VMs were placed on it meanwhile\(done); run 'vcnode remove \(name)' again")
+                    "cannot remove \(name): it changed meanwhile (VMs placed, registered again or uncordoned)\(done); "
+                        + "run 'vcnode remove \(name)' again")
             }
             node.logger.notice("node removed", metadata: ["node": "\(name)"])
             let etcd =
