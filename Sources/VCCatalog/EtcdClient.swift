@@ -84,6 +84,9 @@ extension CatalogError {
     static let transientMessages = [
         "etcdserver: no leader", "etcdserver: leader changed", "etcdserver: request timed out",
         "etcdserver: too many requests", "etcdserver: server stopped", "etcdserver: unhealthy cluster",
+        // A member shutting down (one just removed from the cluster answers so, 500, for a
+        // moment): another member serves the request.
+        "raft: stopped",
     ]
 }
 

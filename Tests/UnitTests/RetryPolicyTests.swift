@@ -66,6 +66,8 @@ import Testing
         .rejected(endpoint: "e", status: 504, message: "context deadline exceeded"),
         .rejected(endpoint: "e", status: 429, message: "etcdserver: too many requests"),
         .rejected(endpoint: "e", status: 500, message: "rpc error: etcdserver: leader changed"),
+        // A member just removed from the cluster, on its way out.
+        .rejected(endpoint: "e", status: 500, message: "raft: stopped"),
         .unreachable(endpoint: "e", reason: "connection refused"),
     ])
     func whatEtcdAnswersDuringAnElectionIsRetryable(_ error: CatalogError) {
@@ -79,6 +81,7 @@ import Testing
         .corrupt(key: "k", reason: "not JSON"),
         .alreadyExists(kind: "cluster", name: "a"),
         .notFound(kind: "cluster", name: "a"),
+        .removed(node: "n2"), .unregistered(node: "n2"),
     ])
     func whatRetryingCannotFixIsNotRetryable(_ error: CatalogError) {
         #expect(!error.isRetryable)
