@@ -191,8 +191,8 @@ public struct Catalog: Sendable {
     /// Opens an operation on an existing cluster and moves it to `state`, provided nobody
     /// changed the cluster since it was read, no other operation holds it and the node
     /// that runs it is registered (a node without a lease starts nothing: the others would
-    /// take its operation over at once). With `placed`, the cluster's VMs move to new placements in the same transaction,
-    /// guarded by `commitments` as in `beginCreate`.
+    /// take its operation over at once). With `placed`, the cluster's VMs move to new
+    /// placements in the same transaction, guarded by `commitments` as in `beginCreate`.
     public func begin(
         _ operation: ClusterOperation, on cluster: Versioned<VirtualCluster>, state: ClusterState, now: Date,
         placed: VirtualCluster? = nil, commitments: [Commitment] = []
@@ -299,8 +299,9 @@ public struct Catalog: Sendable {
     /// Takes a node out: its live key, member record, cordon and commitment go, and a
     /// mark stays that keeps its vcd from registering again. Guarded by the commitment's
     /// revision as read (nil: absent), so that nothing placed on the node since is lost,
-    /// and by its state as read; false when either changed. `lease`, the node's registration lease as read before, is
-    /// revoked after: its vcd, renewing in vain, registers again and is refused.
+    /// and by its state as read; false when either changed. `lease`, the node's
+    /// registration lease as read before, is revoked after: its vcd, renewing in vain,
+    /// registers again and is refused.
     public func remove(
         node name: String, commitmentRevision: Int64?, lease: Int64?, by remover: String
     ) async throws(CatalogError) -> Bool {

@@ -269,7 +269,7 @@ struct APIRoutes: Sendable {
         let world = try await PlacementWorld.read(node)
         let ledger = CommitmentLedger(summaries: world.clusters)
         let placed = world.clusters.flatMap(\.vms).reduce(into: [String: Int]()) { $0[$1.node, default: 0] += 1 }
-        let etcdHosts = Set(node.configuration.etcd.allEndpoints.compactMap { URL(string: $0)?.host })
+        let etcdHosts = node.configuration.etcd.memberHosts
         return world.views(excluding: nil).compactMap { view in
             guard let record = world.live[view.name] ?? world.members.first(where: { $0.name == view.name }) else {
                 return nil

@@ -59,6 +59,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         /// Every member's client URL; vcd fails over between them. Empty: `endpoint` alone.
         public var endpoints: [String] = []
         public var allEndpoints: [String] { endpoints.isEmpty ? [endpoint] : endpoints }
+        /// The hosts of those URLs: a node whose underlay address is one of them is an
+        /// etcd member.
+        public var memberHosts: Set<String> { Set(allEndpoints.compactMap { URL(string: $0)?.host }) }
         /// Every key lives under it; tests use their own.
         public var prefix: String = "/peerless"
     }

@@ -167,7 +167,7 @@ struct NodeDrain: Sendable {
         return "\(moves) VM(s) to move" + (suspends > 0 ? ", \(suspends) cluster(s) to suspend" : "")
     }
 
-    func known(_ name: String) async throws {
+    private func known(_ name: String) async throws {
         try NameRule.checkNode(name)
         guard try await node.catalog.members().contains(where: { $0.name == name }) else {
             throw DaemonError.notFound("no node named '\(name)'; 'vc node list' shows the nodes")

@@ -126,13 +126,16 @@ public struct NodeLease: Service, CustomStringConvertible {
             do {
                 // A TTL etcd reports longer than the one asked (a leader change) is not
                 // believed: the time left is counted from the send time.
-                // Renewed, the registration must still be under it: a node removed while
-                // its lease was kept (its revoke lost) finds out here, and is refused below.
-                if let id = lease, case let left = try await node.catalog.etcd.keepAlive(lease: id), left > 0,
-                    try await node.catalog.registrationLease(record.name) == id
-                {
+                if let id = lease, case let left = try await node.catalog.etcd.keepAlive(lease: id), left > 0 {
                     await readiness.lease(held: true)
                     await node.lease.held(id, until: sent + .seconds(min(left, ttl)) - Self.margin)
+                    // The registration must still be under it: a node removed while its
+                    // lease was kept (the revoke lost) registers again at once, and is
+                    // refused. A read that fails says nothing; the renewal stands.
+                    if let registered = try? await node.catalog.registrationLease(record.name), registered != id {
+                        lease = nil
+                        continue
+                    }
                 } else {
                     await node.lease.set(nil)
                     if let id = lease { try? await node.catalog.etcd.revoke(lease: id) }

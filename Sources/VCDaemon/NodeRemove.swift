@@ -22,8 +22,9 @@ extension NodeDrain {
             let members = await Self.health(of: listed, node: name, underlay: underlay)
             // A member serving the node's address under another name or URL would be left
             // voting: the configured endpoints say it is a member, the list must show it.
-            let etcdHosts = Set(node.configuration.etcd.allEndpoints.compactMap { URL(string: $0)?.host })
-            if let underlay, etcdHosts.contains(underlay), !members.contains(where: { $0.name == name }) {
+            if let underlay, node.configuration.etcd.memberHosts.contains(underlay),
+                !members.contains(where: { $0.name == name })
+            {
                 throw DaemonError.conflict(
                     "cannot remove \(name): the etcd endpoints name \(underlay) but no etcd member is named \(name) or "
                         + "serves there (\(listed.map(\.name).joined(separator: ", "))); remove its member with "
