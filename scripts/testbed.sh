@@ -290,7 +290,11 @@ node: $n
 roles: $roles
 stateDirectory: /var/lib/peerless
 api: {host: $addr, port: $api_port, socket: /run/peerless/vcd.sock, tokenFile: /var/lib/peerless/api-token}
-etcd: {endpoints: [$endpoints], prefix: /peerless}
+etcd:
+  endpoints: [$endpoints]
+  prefix: /peerless
+  # The member 'vcnode join' gives a node: the founding members' timers.
+  member: {heartbeatMilliseconds: $etcd_heartbeat, electionMilliseconds: $etcd_election, arguments: ["--unsafe-no-fsync"]}
 network: {underlay: $addr}
 iscsi: {portal: $subnet.10:3260}
 pool: {path: /var/lib/peerless/pool, embeddedImage: /var/lib/peerless/pool.img, embeddedSizeGiB: 4}

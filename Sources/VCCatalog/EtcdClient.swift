@@ -164,8 +164,8 @@ public enum TxnOp: Sendable {
 /// retryable error is, and as etcd's "request timed out" may still commit later, that can
 /// leave a second lease that nothing uses: it expires after its TTL, harmless.
 public struct EtcdClient: Sendable {
-    /// Every member, in the order given.
-    public let endpoints: [String]
+    /// Every member, in the order given, until `follow(members:)` learns them from etcd.
+    public var endpoints: [String] { preferred.state.endpoints }
     /// The whole time a request may take, over every member it is sent to.
     public var timeout: TimeAmount
     private let http: HTTPClient
@@ -187,10 +187,9 @@ public struct EtcdClient: Sendable {
     /// first.
     public init(endpoints: [String], http: HTTPClient = failoverHTTPClient, timeout: TimeAmount = .seconds(5)) {
         precondition(!endpoints.isEmpty, "an etcd client needs at least one endpoint")
-        self.endpoints = endpoints.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
         self.http = http
         self.timeout = timeout
-        self.preferred = PreferredMember()
+        self.preferred = PreferredMember(endpoints.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 })
     }
 
     /// A client for one member.
@@ -199,7 +198,7 @@ public struct EtcdClient: Sendable {
     }
 
     /// The member the next request goes to first: the one that answered last.
-    public var endpoint: String { endpoints[preferred.index] }
+    public var endpoint: String { preferred.state.endpoint }
 
     public func get(_ key: String) async throws(CatalogError) -> KeyValue? {
         let r: RangeResponse = try await call("/v3/kv/range", ["key": b64(key)])
@@ -261,12 +260,13 @@ public struct EtcdClient: Sendable {
         } catch {
             throw .rejected(endpoint: endpoint, status: 0, message: "watch request could not be encoded: \(error)")
         }
+        let members = preferred.state
         var round = EndpointFailover(
-            endpoints: endpoints, preferred: preferred.index, deadline: .now + Duration(timeout),
+            endpoints: members.endpoints, preferred: members.preferred, deadline: .now + Duration(timeout),
             resendingLostReplies: true)
         while let attempt = round.next(now: .now) {
             if Task.isCancelled { throw .unreachable(endpoint: endpoint, reason: "the watch was cancelled") }
-            let endpoint = endpoints[attempt.member]
+            let endpoint = members.endpoints[attempt.member]
             var request = HTTPClientRequest(url: endpoint + "/v3/watch")
             request.method = .POST
             request.headers.add(name: "Content-Type", value: "application/json")
@@ -292,7 +292,7 @@ public struct EtcdClient: Sendable {
                 }
                 throw error
             }
-            preferred.index = attempt.member
+            preferred.prefer(members.endpoints[attempt.member])
             try await stream(response.body, from: endpoint, to: receive)
             return
         }
@@ -391,12 +391,22 @@ public struct EtcdClient: Sendable {
     /// Every member, voting or learner (`/v3/cluster/member/list`).
     public func members() async throws(CatalogError) -> [Member] {
         let r: MemberListResponse = try await call("/v3/cluster/member/list", [:])
-        return (r.members ?? []).compactMap { m in
-            guard let id = m.id.flatMap(UInt64.init) else { return nil }
-            return Member(
-                id: id, name: m.name ?? "", clientURLs: m.clientURLs ?? [], peerURLs: m.peerURLs ?? [],
-                isLearner: m.isLearner ?? false)
-        }
+        return (r.members ?? []).compactMap(\.member)
+    }
+
+    /// Talks to the voting members etcd lists from now on (the members a join added
+    /// included, the ones a removal took out not), as etcd's own clients sync their
+    /// endpoints. Only when the member that answered is among them: then the URLs the
+    /// members advertise are the ones this client reaches them at (a single member
+    /// advertising `localhost` keeps the configured URL). Learners are left out: they
+    /// serve no write and no linearizable read. True when the list changed.
+    @discardableResult
+    public func follow(members: [Member]) -> Bool {
+        let urls = members.filter { !$0.isLearner && !$0.name.isEmpty }.flatMap(\.clientURLs)
+            .map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
+        guard urls.contains(endpoint), Set(urls) != Set(endpoints) else { return false }
+        preferred.replace(urls.sorted())
+        return true
     }
 
     /// Removes a member (`/v3/cluster/member/remove`). etcd refuses it, with its own
@@ -408,6 +418,28 @@ public struct EtcdClient: Sendable {
         } catch .rejected(_, _, let message) where message.contains("member not found") {
             return
         }
+    }
+
+    /// Adds a member at `peerURLs` (`/v3/cluster/member/add`), a learner unless told
+    /// otherwise; gives it and every member as etcd lists them after the addition. Not sent
+    /// again after a lost reply (a second addition would be refused, or add it twice): the
+    /// caller lists the members to find out.
+    public func addMember(peerURLs: [String], learner: Bool = true) async throws(CatalogError) -> (
+        added: Member, members: [Member]
+    ) {
+        let r: MemberAddResponse = try await call(
+            "/v3/cluster/member/add", ["peerURLs": peerURLs, "isLearner": learner], resendingLostReplies: false)
+        let members = (r.members ?? []).compactMap(\.member)
+        guard let added = r.member?.member else {
+            throw .rejected(endpoint: endpoint, status: 200, message: "member add answered without the member")
+        }
+        return (added, members)
+    }
+
+    /// Makes a learner a voting member (`/v3/cluster/member/promote`). etcd refuses it, in
+    /// its own words, until the learner's log has caught up with the leader's.
+    public func promoteMember(_ id: UInt64) async throws(CatalogError) {
+        let _: Header = try await call("/v3/cluster/member/promote", ["ID": String(id)])
     }
 
     /// Whether the member this client talks to answers a status request within the
@@ -471,12 +503,13 @@ public struct EtcdClient: Sendable {
         } catch {
             throw .rejected(endpoint: endpoint, status: 0, message: "request could not be encoded: \(error)")
         }
+        let members = preferred.state
         var round = EndpointFailover(
-            endpoints: endpoints, preferred: preferred.index, deadline: .now + Duration(timeout),
+            endpoints: members.endpoints, preferred: members.preferred, deadline: .now + Duration(timeout),
             resendingLostReplies: resendingLostReplies)
         while let attempt = round.next(now: .now) {
             if Task.isCancelled { throw .unreachable(endpoint: endpoint, reason: "the request was cancelled") }
-            let endpoint = endpoints[attempt.member]
+            let endpoint = members.endpoints[attempt.member]
             let status: Int
             let raw: Data
             switch await send(path, data, to: endpoint, within: attempt.timeout) {
@@ -494,10 +527,10 @@ public struct EtcdClient: Sendable {
                     round.failed(.refused(status: status, message: message))
                     continue
                 }
-                preferred.index = attempt.member
+                preferred.prefer(members.endpoints[attempt.member])
                 throw error
             }
-            preferred.index = attempt.member
+            preferred.prefer(members.endpoints[attempt.member])
             do {
                 return try JSONDecoder().decode(R.self, from: raw)
             } catch {
@@ -544,11 +577,29 @@ public struct EtcdClient: Sendable {
 
 /// The index of the member a client prefers, shared by every copy of that client.
 private final class PreferredMember: Sendable {
-    private let value = Mutex(0)
+    struct State: Sendable {
+        var endpoints: [String]
+        var preferred = 0
+        var endpoint: String { endpoints[preferred] }
+    }
+    private let value: Mutex<State>
 
-    var index: Int {
-        get { value.withLock { $0 } }
-        set { value.withLock { $0 = newValue } }
+    init(_ endpoints: [String]) { value = Mutex(State(endpoints: endpoints)) }
+
+    var state: State { value.withLock { $0 } }
+
+    /// The member that answered goes first next time.
+    func prefer(_ endpoint: String) {
+        value.withLock { s in if let i = s.endpoints.firstIndex(of: endpoint) { s.preferred = i } }
+    }
+
+    /// A new list of members; the preferred one stays preferred when it is still listed.
+    func replace(_ endpoints: [String]) {
+        value.withLock { s in
+            let current = s.endpoint
+            s.endpoints = endpoints
+            s.preferred = endpoints.firstIndex(of: current) ?? 0
+        }
     }
 }
 
@@ -726,6 +777,20 @@ private struct MemberListResponse: Decodable {
         enum CodingKeys: String, CodingKey { case id = "ID", name, peerURLs, clientURLs, isLearner }
     }
     var members: [WireMember]?
+}
+
+private struct MemberAddResponse: Decodable {
+    var member: MemberListResponse.WireMember?
+    var members: [MemberListResponse.WireMember]?
+}
+
+extension MemberListResponse.WireMember {
+    var member: EtcdClient.Member? {
+        guard let id = id.flatMap(UInt64.init) else { return nil }
+        return EtcdClient.Member(
+            id: id, name: name ?? "", clientURLs: clientURLs ?? [], peerURLs: peerURLs ?? [],
+            isLearner: isLearner ?? false)
+    }
 }
 
 private struct LeaseTimeToLive: Decodable {

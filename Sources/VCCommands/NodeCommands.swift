@@ -99,7 +99,7 @@ public struct VCNode: AsyncParsableCommand {
         discussion: "Talks to the vcd of this node over its local socket.",
         subcommands: [
             NodeStatusCommand.self, NodeCordonCommand.self, NodeUncordonCommand.self, NodeDrainCommand.self,
-            NodeRemoveCommand.self,
+            NodeRemoveCommand.self, NodeJoinCommand.self, NodeReplaceCommand.self,
         ])
 
     public init() {}
@@ -207,5 +207,64 @@ struct NodeRemoveCommand: AsyncParsableCommand {
             let r: NodeRemovedResponse = try await global.client.delete("/v1/nodes/\(node)")
             print(global.output == .json ? Render.json(r) : r.message)
         }
+    }
+}
+
+struct NodeJoinCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "join",
+        abstract: "Give this node a voting etcd member when the cluster has fewer than three healthy ones.",
+        discussion: """
+            Run on the new node, whose vcd is started with the cluster's etcd endpoints and token \
+            (it is in the cluster once it registers). When fewer than three etcd voting members \
+            answer, this node's member is added as a learner, started by vcd with an empty data \
+            directory, and promoted to a voting member once it has caught up; otherwise the node \
+            stays a client of etcd. Refused, with nothing changed, while a voting member that does \
+            not answer is listed (etcd adds no member then: 'vcnode replace' it) or another \
+            learner is catching up. A learner that does not catch up is removed again. Run \
+            again, it finishes what an interrupted run left.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        try await CLI.run { try await NodeSeat.take(replacing: nil, global: global) }
+    }
+}
+
+struct NodeReplaceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "replace",
+        abstract: "Take a dead or drained node out and give this node its place, its etcd seat included.",
+        discussion: """
+            Run on the new node. OLD is removed as 'vcnode remove OLD' does (it must be dead, or \
+            drained; its etcd member goes first), then this node joins as 'vcnode join' does: \
+            OLD's etcd seat becomes this node's, as a learner promoted once caught up. The \
+            scheduler places VMs on this node from then on. Refused, with nothing changed, when \
+            OLD is alive and not drained or when etcd could not take a new member after OLD is gone.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The node whose place this node takes.") var old: String
+
+    func run() async throws {
+        try await CLI.run { try await NodeSeat.take(replacing: old, global: global) }
+    }
+}
+
+/// `join` and `replace`: both run on the joining node's own vcd.
+enum NodeSeat {
+    static func take(replacing old: String?, global: GlobalOptions) async throws {
+        let name = try await NodeTarget.resolve(nil, global: global)
+        let view = ProgressView(quiet: global.output == .json)
+        let final = try await global.client.operation(
+            .post, "/v1/nodes/\(name)/join", body: JoinRequest(replacing: old)
+        ) { view.show($0) }
+        if global.output == .json {
+            let nodes: [NodeSummary] = try await global.client.get("/v1/nodes")
+            if let n = nodes.first(where: { $0.record.name == name }) { print(Render.json(n)) }
+            return
+        }
+        print(final.message ?? "node \(name) joined")
     }
 }

@@ -39,6 +39,18 @@ struct APIRoutes: Sendable {
                 return try await drains.drain(try context.parameters.require("name"), force: body.force ?? false)
             }
         }
+        router.post("\(v)/nodes/:name/join") { request, context in
+            try await stream {
+                let body = try await decode(JoinRequest.self, request, context)
+                let name = try context.parameters.require("name")
+                guard name == node.name else {
+                    throw DaemonError.invalid(
+                        "a join starts the joining node's etcd member: run 'vcnode join' on \(name) itself, not on \(node.name)"
+                    )
+                }
+                return try await drains.join(replacing: body.replacing)
+            }
+        }
         router.delete("\(v)/nodes/:name") { _, context in
             try await respond { try await drains.remove(try context.parameters.require("name")) }
         }
@@ -262,14 +274,19 @@ struct APIRoutes: Sendable {
     }
 
     /// Every node the cluster knows, with its state, roles and what is placed on it. A node
-    /// whose client URL is among the configured etcd endpoints is an etcd member.
+    /// whose underlay address serves an etcd member (voting or learner) is an etcd member.
     func nodeSummaries() async throws -> [NodeSummary] { try await Self.summaries(node) }
 
     static func summaries(_ node: PeerNode) async throws -> [NodeSummary] {
         let world = try await PlacementWorld.read(node)
         let ledger = CommitmentLedger(summaries: world.clusters)
         let placed = world.clusters.flatMap(\.vms).reduce(into: [String: Int]()) { $0[$1.node, default: 0] += 1 }
-        let etcdHosts = node.configuration.etcd.memberHosts
+        // etcd's own list says who is a member (joined nodes too); the configured
+        // endpoints when it cannot be read.
+        let listed = try? await node.catalog.etcd.members()
+        let etcdHosts =
+            listed.map { Set($0.flatMap { $0.clientURLs + $0.peerURLs }.compactMap { URL(string: $0)?.host }) }
+            ?? node.configuration.etcd.memberHosts
         return world.views(excluding: nil).compactMap { view in
             guard let record = world.live[view.name] ?? world.members.first(where: { $0.name == view.name }) else {
                 return nil
@@ -286,7 +303,7 @@ struct APIRoutes: Sendable {
     func nodeStatus() async throws -> NodeStatus {
         async let etcd = probe("etcd") { () async throws -> String in
             let n = try await node.catalog.nodes().count
-            return "\(node.configuration.etcd.allEndpoints.joined(separator: ", ")), \(n) node(s) registered"
+            return "\(node.catalog.etcd.endpoints.joined(separator: ", ")), \(n) node(s) registered"
         }
         // Each role's daemons only: a storage node runs no libvirtd, a compute node no tgtd.
         async let libvirt = probe("libvirtd") { () async throws -> String in

@@ -98,6 +98,12 @@ public enum Daemon {
             }
             let addresses = try AddressPlan(
                 prefix: configuration.network.prefix, bridgePrefix: configuration.network.bridgePrefix)
+            // The member `vcnode join` gave this node, when it does not run (after a reboot).
+            do {
+                try await EtcdMemberProcess(configuration: configuration, logger: logger).ensure()
+            } catch {
+                logger.error("this node's etcd member does not start", metadata: ["error": "\(error)"])
+            }
             let catalog = Catalog(
                 etcd: EtcdClient(endpoints: configuration.etcd.allEndpoints), prefix: configuration.etcd.prefix)
             _ = try await catalog.nodes()

@@ -64,6 +64,22 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var memberHosts: Set<String> { Set(allEndpoints.compactMap { URL(string: $0)?.host }) }
         /// Every key lives under it; tests use their own.
         public var prefix: String = "/peerless"
+        /// How vcd starts the etcd member this node gets when it joins (`vcnode join`).
+        public var member = EtcdMemberConfiguration()
+    }
+
+    /// The etcd member vcd starts on this node once `vcnode join` has added it to the
+    /// cluster (the founding members are the machine's own etcd service).
+    public struct EtcdMemberConfiguration: Codable, Sendable, Equatable {
+        public var program: String = "etcd"
+        /// Default: `STATE/etcd-member/data`.
+        public var dataDirectory: String?
+        /// etcd's `--heartbeat-interval` and `--election-timeout`: the same as the other
+        /// members'.
+        public var heartbeatMilliseconds: Int = 100
+        public var electionMilliseconds: Int = 1000
+        /// Further flags, given as they are.
+        public var arguments: [String] = []
     }
 
     public struct NetworkConfiguration: Codable, Sendable, Equatable {
@@ -174,7 +190,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     /// Optional settings are absent from the encoded defaults, so they are listed here.
     private static func isOptionalSetting(_ path: String) -> Bool {
         [
-            "api.tokenFile", "api.advertise", "network.underlay", "capacity.memoryMiB", "capacity.cpus",
+            "api.tokenFile", "api.advertise", "network.underlay", "etcd.member.dataDirectory", "capacity.memoryMiB",
+            "capacity.cpus",
             "testing.failCreateAfterVMs", "testing.failStep",
             "testing.stepDelayMilliseconds", "testing.admissionDelayMilliseconds", "testing.guestOEM",
             "testing.breakLiveMigration",

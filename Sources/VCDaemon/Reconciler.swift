@@ -43,8 +43,20 @@ public struct Reconciler: Service, CustomStringConvertible {
     }
 
     func pass() async {
+        await followEtcdMembers()
         await recoverOperations()
         await reconcile()
+    }
+
+    /// The etcd members as etcd lists them now, so that a member a join added is used and
+    /// one a removal took out is not (the configured endpoints are where vcd starts).
+    func followEtcdMembers() async {
+        guard let members = try? await node.catalog.etcd.members() else { return }
+        let etcd = node.catalog.etcd
+        if etcd.follow(members: members) {
+            node.logger.notice(
+                "following etcd's members", metadata: ["endpoints": "\(etcd.endpoints.joined(separator: ", "))"])
+        }
     }
 
     /// Finishes or undoes every operation of this node that no task here is running: one

@@ -207,6 +207,13 @@ public struct DrainRequest: Codable, Sendable, Equatable {
     public init(force: Bool? = nil) { self.force = force }
 }
 
+/// `POST /v1/nodes/NAME/join`, to NAME's own vcd: give it an etcd seat when the cluster
+/// needs one, after taking `replacing` out.
+public struct JoinRequest: Codable, Sendable, Equatable {
+    public var replacing: String?
+    public init(replacing: String? = nil) { self.replacing = replacing }
+}
+
 /// `DELETE /v1/nodes/NAME`: what taking a node out did.
 public struct NodeRemovedResponse: Codable, Sendable, Equatable {
     public var node: String

@@ -59,21 +59,9 @@ public struct DHCPServer: Sendable {
     private func stop(pid: Int32) async {
         kill(pid, SIGTERM)
         for _ in 0..<50 {
-            if Self.exited(pid) { return }
+            if HostProcess.exited(pid) { return }
             try? await Task.sleep(for: .milliseconds(20))
         }
         kill(pid, SIGKILL)
-    }
-
-    /// Gone, or a zombie: dnsmasq forks itself into the background, so its parent is the
-    /// namespace's reaper, which may take its time (the wait here was seen to last its
-    /// whole second on the testbed, every time).
-    static func exited(_ pid: Int32) -> Bool {
-        if kill(pid, 0) != 0 { return true }
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return true }
-        // "PID (COMM) STATE …": COMM may hold spaces and parentheses; the state follows the last one.
-        return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
     }
 }

@@ -215,4 +215,28 @@ import Testing
         #expect(EndpointFailover.seconds(.seconds(5)) == "5.0 s")
         #expect(EndpointFailover.seconds(.milliseconds(40)) == "0.0 s")
     }
+
+    static func member(_ name: String, _ url: String, learner: Bool = false) -> EtcdClient.Member {
+        EtcdClient.Member(id: 1, name: name, clientURLs: [url], peerURLs: [], isLearner: learner)
+    }
+
+    @Test func theClientFollowsTheVotingMembersEtcdListsOnceItsOwnIsAmongThem() {
+        let client = EtcdClient(endpoints: ["http://b:2379", "http://x:2379"])
+        let listed = [
+            Self.member("c", "http://c:2379"), Self.member("b", "http://b:2379/"), Self.member("d", "http://d:2379"),
+            Self.member("e", "http://e:2379", learner: true), Self.member("", "http://f:2379"),
+        ]
+        #expect(client.follow(members: listed))
+        // x was removed; d joined; e is a learner, f not started: neither serves.
+        #expect(client.endpoints == ["http://b:2379", "http://c:2379", "http://d:2379"])
+        #expect(client.endpoint == "http://b:2379", "the member that answered stays first")
+        #expect(!client.follow(members: listed), "nothing changed")
+    }
+
+    @Test func membersAdvertisingURLsThisClientDoesNotUseAreNotFollowed() {
+        // One member advertising localhost while vcd was given 127.0.0.1: kept as configured.
+        let client = EtcdClient(endpoints: ["http://127.0.0.1:2379"])
+        #expect(!client.follow(members: [Self.member("default", "http://localhost:2379")]))
+        #expect(client.endpoints == ["http://127.0.0.1:2379"])
+    }
 }

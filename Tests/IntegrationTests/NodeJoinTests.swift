@@ -1,0 +1,111 @@
+import Foundation
+import Testing
+import VCModel
+
+/// The technician brings a node in with `vcnode join` and puts it in a dead node's place
+/// with `vcnode replace`: the new node's etcd member joins as a learner and is promoted, so
+/// that three voting members stay on healthy nodes; a join etcd cannot take and a replace of
+/// a live node are refused with one line and nothing changed; the new node holds VMs, its
+/// vote counts, and vcd starts its member again after the node restarts.
+@Suite(.serialized) struct NodeJoinTests {
+    @Test(.timeLimit(.minutes(12)))
+    func aNewNodeTakesADeadMembersSeatInEtcdAndHoldsVMs() async throws {
+        try await NodeTestbed.with(computeNodes: 4) { bed in
+            // Three healthy voters: n4 stays their client.
+            let client = try await bed.vcnode("n4", ["join"])
+            #expect(client.status == 0 && client.stdout.contains("joined as a client of etcd: 3 healthy"), "\(client)")
+            #expect(try await members(bed) == [.init("n1"), .init("n2"), .init("n3")])
+
+            try await bed.kill("n1")
+            _ = try await eventually("n1 to be seen dead", timeout: .seconds(60), every: .milliseconds(500)) {
+                let state = try? await state(bed, "n1")
+                return (state == .dead ? true : nil, "\(String(describing: state))")
+            }
+            // etcd would refuse the addition while the dead n1 is listed: refused first, in one line.
+            let join = try await bed.vcnode("n4", ["join"])
+            #expect(
+                join.status != 0 && join.stderr.contains("etcd voting member n1 does not answer")
+                    && join.stderr.contains("vcnode replace n1"), "\(join)")
+            #expect(join.stderr.split(separator: "\n").count == 1, "one line: \(join.stderr)")
+            // n2 is alive and not drained: it keeps its place.
+            let live = try await bed.vcnode("n4", ["replace", "n2"])
+            #expect(live.status != 0 && live.stderr.contains("cannot replace n2: node n2 is ready"), "\(live)")
+            #expect(try await members(bed) == [.init("n1"), .init("n2"), .init("n3")], "nothing changed")
+            #expect(try await state(bed, "n2") == .ready)
+
+            let replaced = try await bed.vcnode("n4", ["replace", "n1"])
+            #expect(replaced.status == 0, "\(replaced)")
+            // The steps on stderr, as every progress line.
+            #expect(replaced.stderr.contains("node n1 removed (its etcd member too"), "\(replaced)")
+            #expect(replaced.stderr.contains("adding n4 as a learner"), "\(replaced)")
+            #expect(replaced.stderr.contains("caught up in"), "\(replaced)")
+            #expect(
+                replaced.stdout.contains("node n4 is a voting etcd member: 3 voting members (n2, n3, n4)"),
+                "\(replaced.stdout)")
+            #expect(try await members(bed) == [.init("n2"), .init("n3"), .init("n4")], "n4 votes, n1 is gone")
+            let nodes = try await bed.vcJSON("n3", [NodeSummary].self, ["node", "list"])
+            #expect(!nodes.contains { $0.record.name == "n1" }, "n1 is gone from vc node list")
+            #expect(nodes.first { $0.record.name == "n4" }?.roles.contains(.etcd) == true, "\(nodes)")
+            // Every vcd follows etcd's members: n4's member is used, n1's no longer tried.
+            _ = try await eventually("n3's vcd to follow the members", timeout: .seconds(30), every: .seconds(1)) {
+                let log = (try? String(contentsOfFile: bed.logFile("n3", "vcd"), encoding: .utf8)) ?? ""
+                let line = log.split(separator: "\n").last { $0.contains("following etcd's members") } ?? ""
+                let follows = line.contains("\(bed.address("n4")):2379") && !line.contains("\(bed.address("n1")):2379")
+                return (follows ? true : nil, String(line))
+            }
+            let again = try await bed.vcnode("n4", ["join"])
+            #expect(again.status == 0 && again.stdout.contains("is a voting etcd member already"), "\(again)")
+
+            // A restarted node gets its member back from vcd (the testbed starts none on n4).
+            try await bed.kill("n4")
+            try await bed.restart("n4")
+            _ = try await eventually("n4's etcd member to answer", timeout: .seconds(60), every: .milliseconds(500)) {
+                let health = try? await bed.hub([
+                    "etcdctl", "--endpoints", "http://\(bed.address("n4")):2379", "endpoint", "health",
+                ])
+                return (health?.status == 0 ? true : nil, health?.stderr ?? "")
+            }
+
+            // n4 holds VMs, and its vote counts: with n2 dead too, n3 and n4 are a quorum.
+            #expect(try await bed.vc(bed.storage, ["image", "import", "tiny", Build.tinyImage]).status == 0)
+            try await bed.kill("n2")
+            // n3 and n4 elect a leader (etcd's election timeout here is 2 s); a create sent
+            // meanwhile is refused as having no quorum.
+            _ = try await eventually("n3 and n4 to elect a leader", timeout: .seconds(30), every: .milliseconds(500)) {
+                let r = try? await bed.etcdctl(["get", "/peerless/nodes/n3"])  // linearizable: needs a quorum
+                return (r?.status == 0 ? true : nil, r?.stderr ?? "")
+            }
+            let created = try await bed.vc(
+                "n4", ["cluster", "create", "joined", "--image", "tiny", "--vms", "1", "--node", "n4"])
+            #expect(created.status == 0, "\(created)")
+            let shown = try await bed.vcJSON("n3", ClusterStatus.self, ["cluster", "show", "joined"])
+            #expect(shown.vms.map(\.node) == ["n4"], "\(shown.vms)")
+            let running = try await bed.exec("n4", ["virsh", "-c", "qemu:///system", "list", "--name"])
+            #expect(running.stdout.contains("joined"), "\(running)")
+            #expect(try await bed.vc("n3", ["cluster", "destroy", "joined"]).status == 0)
+        }
+    }
+
+    struct Member: Equatable, CustomStringConvertible {
+        var name: String
+        var learner = false
+        init(_ name: String, learner: Bool = false) {
+            self.name = name
+            self.learner = learner
+        }
+        var description: String { learner ? "\(name) (learner)" : name }
+    }
+
+    /// The etcd members as etcdctl lists them (`ID, status, name, peers, clients, learner`).
+    func members(_ bed: NodeTestbed) async throws -> [Member] {
+        let r = try await bed.etcdctl(["member", "list", "--write-out", "simple"])
+        return r.stdout.split(separator: "\n").compactMap { line -> Member? in
+            let f = line.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            return f.count > 5 ? Member(f[2], learner: f[5] == "true") : nil
+        }.sorted { $0.name < $1.name }
+    }
+
+    func state(_ bed: NodeTestbed, _ name: String) async throws -> NodeState? {
+        try await bed.vcJSON("n3", [NodeSummary].self, ["node", "list"]).first { $0.record.name == name }?.state
+    }
+}
