@@ -288,12 +288,38 @@ public struct Catalog: Sendable {
     /// The node's live key under its lease, and its lasting member record, together;
     /// refused (`CatalogError.removed`) for a node that was taken out.
     public func register(_ node: NodeRecord, lease: Int64) async throws(CatalogError) {
+        // A live registration of another machine keeps its name; one of this machine (a
+        // vcd restarted within its TTL), or of a machine unknown, is taken over.
+        let current = try await etcd.get(nodeKey(node.name))
+        if let current, let held = Self.otherMachine(current, than: node.machine) {
+            throw .nameInUse(node: node.name, api: held.api)
+        }
         let registered = try await etcd.txn(
-            [.absent(removedKey(node.name))],
+            [
+                .absent(removedKey(node.name)),
+                current.map { .modRevision(nodeKey(node.name), equals: $0.modRevision) } ?? .absent(nodeKey(node.name)),
+            ],
             success: [
                 .put(nodeKey(node.name), try encode(node), lease: lease), .put(memberKey(node.name), try encode(node)),
             ])
-        if !registered { throw .removed(node: node.name) }
+        if !registered {
+            if try await etcd.get(removedKey(node.name)) != nil { throw .removed(node: node.name) }
+            throw .conflict(key: nodeKey(node.name))
+        }
+    }
+
+    /// The live registration of `name` when another machine than `machine` made it (nil
+    /// when the name is free, this machine's, or of a machine unknown).
+    public func heldByAnotherMachine(_ name: String, machine: String?) async throws(CatalogError) -> NodeRecord? {
+        guard let current = try await etcd.get(nodeKey(name)) else { return nil }
+        return Self.otherMachine(current, than: machine)
+    }
+
+    private static func otherMachine(_ kv: KeyValue, than ours: String?) -> NodeRecord? {
+        guard let held: NodeRecord = try? decode(kv), let machine = held.machine, let ours, machine != ours else {
+            return nil
+        }
+        return held
     }
 
     /// Takes a node out: its live key, member record, cordon and commitment go, and a

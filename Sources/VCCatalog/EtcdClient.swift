@@ -28,6 +28,9 @@ public enum CatalogError: Error, Sendable, CustomStringConvertible {
     case removed(node: String)
     /// The node that would run an operation holds no registration (no lease) now.
     case unregistered(node: String)
+    /// Another machine's vcd holds the node's name now (a registration under a live lease
+    /// that this machine did not make).
+    case nameInUse(node: String, api: String)
 
     public var description: String {
         switch self {
@@ -52,6 +55,9 @@ public enum CatalogError: Error, Sendable, CustomStringConvertible {
         case .removed(let node):
             return
                 "node \(node) was removed from the cluster (vcnode remove) and does not register again under that name; stop its vcd, or give the machine a new name"
+        case .nameInUse(let node, let api):
+            return
+                "node name \(node) is in use by another machine whose vcd is alive (\(api)); give this machine another name (node: in vcd.yaml), or run 'vcnode replace \(node)' on it under a new name once \(node) is dead or drained"
         case .unregistered(let node):
             return
                 "node \(node) holds no lease in the catalog now (starting, cut off from etcd, or removed), so it starts nothing; retry shortly or ask another node"
@@ -76,7 +82,7 @@ extension CatalogError {
             if status == 503 || status == 504 { return true }
             let text = message.lowercased()
             return Self.transientMessages.contains { text.contains($0) }
-        case .corrupt, .conflict, .alreadyExists, .notFound, .busy, .removed, .unregistered: return false
+        case .corrupt, .conflict, .alreadyExists, .notFound, .busy, .removed, .unregistered, .nameInUse: return false
         }
     }
 

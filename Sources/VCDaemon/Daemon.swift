@@ -153,7 +153,8 @@ public enum Daemon {
             let node = PeerNode(
                 configuration: configuration, logger: logger, catalog: catalog, hypervisor: hypervisor,
                 iscsi: ISCSIClient(initiator: Naming.initiatorIQN(node: configuration.node)), exporter: exporter,
-                pool: pool, addresses: addresses, accelerator: accelerator, capacity: capacity, token: token)
+                pool: pool, addresses: addresses, accelerator: accelerator, capacity: capacity, token: token,
+                machine: try machineID(in: configuration.stateDirectory))
             return node
         } catch {
             throw DaemonError.from(error)
@@ -193,4 +194,19 @@ struct InstanceLock {
     }
 
     func release() { close(fd) }
+}
+
+/// This machine's id, made once (a random UUID in `STATE/machine-id`): what tells a vcd
+/// restarted here from another machine given the same node name. A machine whose state
+/// directory was wiped is a new machine.
+func machineID(in directory: String) throws -> String {
+    let path = "\(directory)/machine-id"
+    if let text = try? HostFiles.read(path), !text.trimmed.isEmpty { return text.trimmed }
+    let id = UUID().uuidString.lowercased()
+    do {
+        try HostFiles.write(path, id + "\n")
+    } catch {
+        throw DaemonError.failed("cannot write \(path): \(error)")
+    }
+    return id
 }

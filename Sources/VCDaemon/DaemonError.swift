@@ -70,7 +70,7 @@ public enum DaemonError: Error, Sendable, CustomStringConvertible {
             // etcd electing a leader is a daemon that is briefly down, not a failed request.
             case .rejected: return e.isRetryable ? .unavailable(e.description) : .failed(e.description)
             case .corrupt: return .failed(e.description)
-            case .removed: return .conflict(e.description)
+            case .removed, .nameInUse: return .conflict(e.description)
             case .unregistered: return .unavailable(e.description)
             }
         case let e as StorageError:

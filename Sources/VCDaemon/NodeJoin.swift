@@ -34,6 +34,7 @@ extension NodeDrain {
                         "node \(name) cannot replace itself: run 'vcnode replace' on the new node")
                 }
             }
+            try await registered()
             let listed = try await node.catalog.etcd.members()
             let members = await Self.health(of: listed, node: name, underlay: address)
             var gone = false
@@ -66,6 +67,16 @@ extension NodeDrain {
         }
         guard started else { throw .unavailable(ClusterLifecycle.stoppingMessage) }
         return stream
+    }
+
+    /// A node joins under a registration of its own: refused while another machine's vcd
+    /// holds its name, or while it holds no lease yet.
+    private func registered() async throws {
+        if await node.lease.id != nil { return }
+        if let held = try await node.catalog.heldByAnotherMachine(node.name, machine: node.machine) {
+            throw CatalogError.nameInUse(node: node.name, api: held.api)
+        }
+        throw CatalogError.unregistered(node: node.name)
     }
 
     private func seatEvent(

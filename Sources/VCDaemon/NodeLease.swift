@@ -114,6 +114,7 @@ public struct NodeLease: Service, CustomStringConvertible {
     private func renew() async {
         var lease: Int64?
         var removed = false
+        var nameTaken = false
         let ttl = ttlSeconds
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let sent = ContinuousClock.now
@@ -148,10 +149,18 @@ public struct NodeLease: Service, CustomStringConvertible {
                         throw error
                     }
                     lease = granted.id
+                    nameTaken = false
                     node.logger.info("node registered", metadata: ["lease": "\(granted.id)", "ttl": "\(granted.ttl)"])
                     await readiness.lease(held: true)
                     await node.lease.held(granted.id, until: sent + .seconds(min(granted.ttl, ttl)) - Self.margin)
                 }
+            } catch let error as CatalogError where error.isNameInUse {
+                // Another machine's vcd holds the name: said once, asked again each period
+                // (when that machine is gone, its lease expires and the name is free).
+                if !nameTaken { node.logger.error("\(error)") }
+                nameTaken = true
+                await readiness.lease(held: false)
+                failed = false
             } catch CatalogError.removed {
                 // Taken out (`vcnode remove`): it stays out, holding nothing, and says so once.
                 node.logger.error(
@@ -302,4 +311,8 @@ public struct WatchdogService: Service, CustomStringConvertible {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval / 2) }
         }
     }
+}
+
+extension CatalogError {
+    var isNameInUse: Bool { if case .nameInUse = self { true } else { false } }
 }

@@ -24,6 +24,8 @@ public struct PeerNode: Sendable {
     public let admission = AdmissionGate()
     /// The lifecycle operations running here, drained on a graceful stop.
     public let operations = OperationTasks()
+    /// This machine's id (`NodeRecord.machine`).
+    public let machine: String
     /// The node lease this vcd holds now, if any (kept by `NodeLease`).
     public let lease = HeldLease()
     /// The live nodes, as the catalog lists them.
@@ -34,8 +36,9 @@ public struct PeerNode: Sendable {
     init(
         configuration: DaemonConfiguration, logger: Logger, catalog: Catalog, hypervisor: Hypervisor,
         iscsi: ISCSIClient, exporter: TargetExporter, pool: StoragePool, addresses: AddressPlan,
-        accelerator: Accelerator, capacity: NodeCapacity, token: String
+        accelerator: Accelerator, capacity: NodeCapacity, token: String, machine: String
     ) {
+        self.machine = machine
         self.configuration = configuration
         self.logger = logger
         self.catalog = catalog
@@ -58,7 +61,7 @@ public struct PeerNode: Sendable {
             name: name, initiator: initiator, api: configuration.advertisedAPI, capacity: capacity,
             accelerator: accelerator, version: Version.current, startedAt: Version.started,
             roles: configuration.roles.sorted(), underlay: configuration.network.underlay,
-            portal: has(.storage) ? configuration.iscsi.portal : nil)
+            portal: has(.storage) ? configuration.iscsi.portal : nil, machine: machine)
     }
 
     /// The node that holds the pool and the targets: this one when it has the role.

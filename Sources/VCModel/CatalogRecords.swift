@@ -290,10 +290,15 @@ public struct NodeRecord: Codable, Sendable, Equatable {
     public var underlay: String?
     /// The iSCSI portal of a storage node, as compute nodes reach it.
     public var portal: String?
+    /// The machine that registered it (an id vcd makes once in its state directory): a
+    /// second machine given the same name is refused while the first one is alive. Nil in
+    /// records written before it was kept.
+    public var machine: String?
 
     public init(
         name: String, initiator: String, api: String, capacity: NodeCapacity, accelerator: Accelerator, version: String,
-        startedAt: Date, roles: [NodeRole] = [.compute, .storage], underlay: String? = nil, portal: String? = nil
+        startedAt: Date, roles: [NodeRole] = [.compute, .storage], underlay: String? = nil, portal: String? = nil,
+        machine: String? = nil
     ) {
         self.name = name
         self.initiator = initiator
@@ -305,10 +310,11 @@ public struct NodeRecord: Codable, Sendable, Equatable {
         self.roles = roles
         self.underlay = underlay
         self.portal = portal
+        self.machine = machine
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, initiator, api, capacity, accelerator, version, startedAt, roles, underlay, portal
+        case name, initiator, api, capacity, accelerator, version, startedAt, roles, underlay, portal, machine
     }
 
     public init(from decoder: any Decoder) throws {
@@ -323,6 +329,7 @@ public struct NodeRecord: Codable, Sendable, Equatable {
         roles = try c.decodeIfPresent([NodeRole].self, forKey: .roles) ?? [.compute, .storage]
         underlay = try c.decodeIfPresent(String.self, forKey: .underlay)
         portal = try c.decodeIfPresent(String.self, forKey: .portal)
+        machine = try c.decodeIfPresent(String.self, forKey: .machine)
     }
 
     public func has(_ role: NodeRole) -> Bool { roles.contains(role) }

@@ -11,6 +11,27 @@ import VCModel
     @Test(.timeLimit(.minutes(12)))
     func aNewNodeTakesADeadMembersSeatInEtcdAndHoldsVMs() async throws {
         try await NodeTestbed.with(computeNodes: 4) { bed in
+            // A machine given a live node's name (n4's configured as n2) is refused it.
+            try await rename("n4", to: "n2", bed)
+            _ = try await eventually("n4's vcd to answer", timeout: .seconds(60), every: .milliseconds(500)) {
+                let r = try await bed.vc("n4", ["node", "list"])
+                return (r.status == 0 ? true : nil, "\(r)")
+            }
+            let taken = try await bed.vcnode("n4", ["join"])
+            #expect(
+                taken.status != 0 && taken.stderr.contains("node name n2 is in use by another machine")
+                    && taken.stderr.contains(bed.endpoint("n2")), "\(taken)")
+            #expect(taken.stderr.split(separator: "\n").count == 1, "one line: \(taken.stderr)")
+            let n2 = try await bed.vcJSON("n3", [NodeSummary].self, ["node", "list"]).first { $0.record.name == "n2" }
+            #expect(
+                n2?.state == .ready && n2?.record.api == bed.endpoint("n2"),
+                "n2 keeps its name: \(String(describing: n2))")
+            try await rename("n4", to: "n4", bed)
+            _ = try await eventually("n4 to be ready again", timeout: .seconds(60), every: .milliseconds(500)) {
+                let state = try? await state(bed, "n4")
+                return (state == .ready ? true : nil, "\(String(describing: state))")
+            }
+
             // Three healthy voters: n4 stays their client.
             let client = try await bed.vcnode("n4", ["join"])
             #expect(client.status == 0 && client.stdout.contains("joined as a client of etcd: 3 healthy"), "\(client)")
@@ -84,6 +105,19 @@ import VCModel
             #expect(running.stdout.contains("joined"), "\(running)")
             #expect(try await bed.vc("n3", ["cluster", "destroy", "joined"]).status == 0)
         }
+    }
+
+    /// Restarts `node` with `name` as its configured node name (its own state directory, so
+    /// its own machine id).
+    func rename(_ node: String, to name: String, _ bed: NodeTestbed) async throws {
+        let path = "\(NodeTestbed.directory)/\(node)/vcd.yaml"
+        let yaml = try String(contentsOfFile: path, encoding: .utf8).split(
+            separator: "\n", omittingEmptySubsequences: false
+        )
+        .map { $0.hasPrefix("node: ") ? "node: \(name)" : String($0) }.joined(separator: "\n")
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        try await bed.kill(node)
+        try await bed.restart(node)
     }
 
     struct Member: Equatable, CustomStringConvertible {

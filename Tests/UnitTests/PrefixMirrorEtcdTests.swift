@@ -153,4 +153,65 @@ import VCModel
         follower.cancel()
         await follower.value
     }
+    static func node(_ name: String, machine: String?, api: String) -> NodeRecord {
+        NodeRecord(
+            name: name, initiator: "", api: api, capacity: NodeCapacity(node: name, cpus: 1, memoryMiB: 512),
+            accelerator: Accelerator(kind: .tcg, reason: ""), version: "", startedAt: Date(timeIntervalSince1970: 0),
+            roles: [.compute], machine: machine)
+    }
+
+    /// A second machine given a live node's name is refused, naming the holder; the same
+    /// machine restarted within its TTL, a record of a machine unknown, and a name whose
+    /// holder's lease ended are taken over; a removed name stays refused.
+    @Test func aNodeNameHeldByAnotherLiveMachineIsRefused() async throws {
+        try #require(OwnEtcd.path != nil, "etcd is not installed: make test installs it (scripts/setup.sh)")
+        let etcd = try OwnEtcd()
+        defer { etcd.remove() }
+        try etcd.start()
+        let client = EtcdClient(endpoint: Self.endpoint, timeout: .seconds(2))
+        let catalog = Catalog(etcd: client, prefix: "/names-test")
+        try await Self.eventually("etcd to answer") { (try await client.get("/none") == nil, "") }
+        func holder() async throws -> String? {
+            guard let kv = try await client.get(catalog.nodeKey("n1")) else { return nil }
+            let record: NodeRecord = try catalog.decode(kv)
+            return record.machine
+        }
+
+        let first = try await client.grantLease(ttlSeconds: 30)
+        try await catalog.register(Self.node("n1", machine: "a", api: "http://10.0.0.1:7070"), lease: first.id)
+        let second = try await client.grantLease(ttlSeconds: 30)
+        do {
+            try await catalog.register(Self.node("n1", machine: "b", api: "http://10.0.0.2:7070"), lease: second.id)
+            Issue.record("machine b took n1 while machine a holds it")
+        } catch {
+            #expect("\(error)".contains("node name n1 is in use by another machine"), "\(error)")
+            #expect("\(error)".contains("http://10.0.0.1:7070"), "the refusal names the holder: \(error)")
+        }
+        #expect(try await holder() == "a")
+
+        // Machine a's vcd restarted: a new lease, the same machine, taken over.
+        let restarted = try await client.grantLease(ttlSeconds: 30)
+        try await catalog.register(Self.node("n1", machine: "a", api: "http://10.0.0.1:7070"), lease: restarted.id)
+        try await client.revoke(lease: first.id)
+        #expect(try await holder() == "a", "revoking the old lease took the new registration with it")
+
+        // Machine a gone (its lease ends): b takes the name.
+        try await client.revoke(lease: restarted.id)
+        try await catalog.register(Self.node("n1", machine: "b", api: "http://10.0.0.2:7070"), lease: second.id)
+        #expect(try await holder() == "b")
+
+        // A record written before machines were kept belongs to no one in particular.
+        let n2 = try await client.grantLease(ttlSeconds: 30)
+        try await catalog.register(Self.node("n2", machine: nil, api: "http://10.0.0.3:7070"), lease: n2.id)
+        try await catalog.register(Self.node("n2", machine: "c", api: "http://10.0.0.4:7070"), lease: n2.id)
+
+        // Removed stays removed, whoever asks.
+        try await client.put(catalog.removedKey("n3"), Array("removed through test".utf8))
+        do {
+            try await catalog.register(Self.node("n3", machine: "d", api: "http://10.0.0.5:7070"), lease: n2.id)
+            Issue.record("a removed name registered again")
+        } catch {
+            #expect("\(error)".contains("was removed from the cluster"), "\(error)")
+        }
+    }
 }
