@@ -295,6 +295,8 @@ etcd:
   prefix: /peerless
   # The member 'vcnode join' gives a node: the founding members' timers.
   member: {heartbeatMilliseconds: $etcd_heartbeat, electionMilliseconds: $etcd_election, arguments: ["--unsafe-no-fsync"]}
+  # Off unless a test asks: the tests that kill a founding member restart it.
+  replaceDeadMemberAfterSeconds: ${PEERLESS_TESTBED_REPLACE_DEAD_MEMBER_AFTER:-0}
 network: {underlay: $addr}
 iscsi: {portal: $subnet.10:3260}
 pool: {path: /var/lib/peerless/pool, embeddedImage: /var/lib/peerless/pool.img, embeddedSizeGiB: 4}

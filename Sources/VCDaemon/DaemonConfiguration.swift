@@ -66,6 +66,10 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var prefix: String = "/peerless"
         /// How vcd starts the etcd member this node gets when it joins (`vcnode join`).
         public var member = EtcdMemberConfiguration()
+        /// How long a voting member's node stays dead before a healthy node that is no
+        /// member takes its seat by itself (`EtcdSeatKeeping`); 0: never (only `vcnode
+        /// replace`). Long enough for a node to reboot with its member.
+        public var replaceDeadMemberAfterSeconds: Int = 120
     }
 
     /// The etcd member vcd starts on this node once `vcnode join` has added it to the

@@ -18,6 +18,8 @@ public struct Reconciler: Service, CustomStringConvertible {
     let node: PeerNode
     let lifecycle: ClusterLifecycle
     let images: ImageLibrary
+    /// Since when each dead node has been seen dead (`EtcdSeatKeeper`).
+    private let deaths = DeathClock()
     public func run() async throws {
         await withDiscardingTaskGroup { group in
             // Beside the passes, on its own faster clock: a dead node's VMs are back
@@ -46,6 +48,8 @@ public struct Reconciler: Service, CustomStringConvertible {
         await followEtcdMembers()
         await recoverOperations()
         await reconcile()
+        // Last: a seat taken waits for the new member to catch up.
+        await EtcdSeatKeeper(node: node, drains: NodeDrain(node: node, lifecycle: lifecycle), deaths: deaths).pass()
     }
 
     /// The etcd members as etcd lists them now, so that a member a join added is used and

@@ -65,3 +65,75 @@ public enum EtcdSeat {
         return entries.sorted().joined(separator: ",")
     }
 }
+
+/// How the cluster keeps its etcd voters by itself: when fewer than `wanted` voting
+/// members are healthy, one healthy node that is no member takes a seat, after the dead
+/// voter it replaces (a node dead in the catalog for at least the grace) is removed first.
+/// Every vcd decides alone from the same inputs; only the chosen successor acts, and etcd
+/// itself (one learner at a time, no addition while a dead voter is listed) stops a second.
+public enum EtcdSeatKeeping {
+    public struct Candidate: Sendable, Equatable {
+        public var name: String
+        public var state: NodeState
+        public var roles: [NodeRole]
+        /// It has an address on the network between the nodes (an etcd member needs one).
+        public var hasUnderlay: Bool
+
+        public init(name: String, state: NodeState, roles: [NodeRole], hasUnderlay: Bool) {
+            self.name = name
+            self.state = state
+            self.roles = roles
+            self.hasUnderlay = hasUnderlay
+        }
+    }
+
+    public enum Step: Sendable, Equatable {
+        /// Remove the member `id` of the dead node `dead`, then take its seat.
+        case replace(dead: String, id: UInt64)
+        /// Take a seat: there are fewer voters than wanted and none is down.
+        case join
+    }
+
+    /// What `node` does now, if anything. `members`: etcd's list with health, each named
+    /// after its node; `nodes`: every node the catalog knows; `deadFor`: how long each dead
+    /// node has been seen dead.
+    public static func step(
+        node: String, members: [NodeRemoval.Member], nodes: [Candidate], deadFor: [String: Duration],
+        grace: Duration, wanted: Int = 3
+    ) -> Step? {
+        let named = Set(members.map(\.name))
+        if named.contains(node) { return nil }
+        // A join under way (etcd takes one learner at a time) is left to finish.
+        if members.contains(where: \.isLearner) { return nil }
+        let voters = members.filter { !$0.isLearner }
+        let healthy = voters.filter(\.healthy).count
+        guard healthy < wanted else { return nil }
+        let state = Dictionary(nodes.map { ($0.name, $0.state) }, uniquingKeysWith: { a, _ in a })
+        let down = voters.filter { !$0.healthy }
+        let step: Step
+        if down.isEmpty {
+            step = .join
+        } else {
+            // Only a voter whose node is dead, and long enough: a member of a live node, or
+            // of one just gone (a reboot), is not given away.
+            guard
+                let dead = down.filter({ state[$0.name] == .dead && (deadFor[$0.name] ?? .zero) >= grace })
+                    .min(by: { $0.name < $1.name })
+            else { return nil }
+            // The members left must still make a quorum without it.
+            guard healthy > (voters.count - 1) / 2 else { return nil }
+            step = .replace(dead: dead.name, id: dead.id)
+        }
+        return successor(nodes: nodes, members: named) == node ? step : nil
+    }
+
+    /// The node that takes the next seat: a ready node with an underlay address that is no
+    /// member, compute nodes before the storage node (which keeps the disks), then by name.
+    public static func successor(nodes: [Candidate], members: Set<String>) -> String? {
+        nodes.filter { $0.state == .ready && $0.hasUnderlay && !members.contains($0.name) }
+            .min { a, b in
+                let (sa, sb) = (a.roles.contains(.storage), b.roles.contains(.storage))
+                return sa != sb ? !sa : a.name < b.name
+            }?.name
+    }
+}

@@ -107,6 +107,35 @@ import VCModel
         }
     }
 
+    /// Nobody runs `vcnode replace`: a voter's node dead past the grace loses its seat to
+    /// the first healthy compute node that is no member, once, and that member's vote counts.
+    @Test(.timeLimit(.minutes(6)))
+    func aDeadVotersSeatIsTakenByAHealthyNodeByItself() async throws {
+        try await NodeTestbed.with(computeNodes: 4, replaceDeadMemberAfter: 4) { bed in
+            #expect(try await members(bed) == [.init("n1"), .init("n2"), .init("n3")])
+            try await bed.kill("n2")
+            _ = try await eventually("n4 to take n2's seat", timeout: .seconds(120), every: .seconds(1)) {
+                let now = try? await members(bed)
+                return (now == [.init("n1"), .init("n3"), .init("n4")] ? true : nil, "\(String(describing: now))")
+            }
+            let log = (try? String(contentsOfFile: bed.logFile("n4", "vcd"), encoding: .utf8)) ?? ""
+            #expect(log.contains("etcd voting member of a dead node removed"), "n4's vcd says why")
+            let nodes = try await bed.vcJSON("n3", [NodeSummary].self, ["node", "list"])
+            #expect(nodes.first { $0.record.name == "n4" }?.roles.contains(.etcd) == true, "\(nodes)")
+            #expect(nodes.first { $0.record.name == "n2" }?.roles.contains(.etcd) == false, "\(nodes)")
+            for other in ["n1", "n3", bed.storage] {
+                let theirs = (try? String(contentsOfFile: bed.logFile(other, "vcd"), encoding: .utf8)) ?? ""
+                #expect(!theirs.contains("this node takes its seat"), "\(other) took no seat too")
+            }
+            // n4's vote counts: with n3 dead too, n1 and n4 are a quorum.
+            try await bed.kill("n3")
+            _ = try await eventually("n1 and n4 to make a quorum", timeout: .seconds(30), every: .milliseconds(500)) {
+                let r = try? await bed.etcdctl(["get", "/peerless/nodes/n1"])  // linearizable: needs a quorum
+                return (r?.status == 0 ? true : nil, r?.stderr ?? "")
+            }
+        }
+    }
+
     /// Restarts `node` with `name` as its configured node name (its own state directory, so
     /// its own machine id).
     func rename(_ node: String, to name: String, _ bed: NodeTestbed) async throws {

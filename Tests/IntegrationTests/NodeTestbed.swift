@@ -51,11 +51,16 @@ final class NodeTestbed: Sendable {
     /// Starts `computeNodes` compute nodes and the storage node and waits until every
     /// daemon answers. `extra` appends YAML lines to a node's vcd configuration, by node
     /// name (e.g. `["n1": "capacity: {memoryMiB: 2048}"]`).
-    static func up(computeNodes: Int = 3, vcd: Bool = true, extra: [String: String] = [:]) async throws -> NodeTestbed {
+    /// `replaceDeadMemberAfter`: vcd's `etcd.replaceDeadMemberAfterSeconds` (off by default
+    /// here: the tests that kill a founding member start it again).
+    static func up(
+        computeNodes: Int = 3, vcd: Bool = true, extra: [String: String] = [:], replaceDeadMemberAfter: Int? = nil
+    ) async throws -> NodeTestbed {
         // A testbed that a killed run left behind would make `up` refuse.
         try await removeLeftover()
         let environment =
             ["PEERLESS_BIN=\(Build.binDirectory)", "PEERLESS_TESTBED_OWNER=\(getpid())"]
+            + (replaceDeadMemberAfter.map { ["PEERLESS_TESTBED_REPLACE_DEAD_MEMBER_AFTER=\($0)"] } ?? [])
             + extra.sorted { $0.key < $1.key }.map {
                 "PEERLESS_TESTBED_EXTRA_\($0.key)=\($0.value)"
             }
@@ -69,10 +74,11 @@ final class NodeTestbed: Sendable {
 
     /// Runs `body` on a started testbed and always takes it down, also when `body` throws.
     static func with(
-        computeNodes: Int = 3, vcd: Bool = true, extra: [String: String] = [:],
+        computeNodes: Int = 3, vcd: Bool = true, extra: [String: String] = [:], replaceDeadMemberAfter: Int? = nil,
         _ body: (NodeTestbed) async throws -> Void
     ) async throws {
-        let bed = try await up(computeNodes: computeNodes, vcd: vcd, extra: extra)
+        let bed = try await up(
+            computeNodes: computeNodes, vcd: vcd, extra: extra, replaceDeadMemberAfter: replaceDeadMemberAfter)
         do {
             try await body(bed)
         } catch {

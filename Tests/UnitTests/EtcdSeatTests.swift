@@ -59,3 +59,88 @@ import Testing
         #expect(cluster == "n2=http://10.99.0.12:2380,n3=http://10.99.0.13:2380,n4=http://10.99.0.14:2380")
     }
 }
+
+/// The cluster keeps three etcd voters by itself (`EtcdSeatKeeping`): hand-made member
+/// lists and node states, no daemon.
+@Suite struct EtcdSeatKeepingTests {
+    typealias Candidate = EtcdSeatKeeping.Candidate
+    static let grace: Duration = .seconds(60)
+
+    static func members(healthy: [String], down: [String] = [], learners: [String] = []) -> [NodeRemoval.Member] {
+        var id: UInt64 = 0
+        func next() -> UInt64 {
+            id += 1
+            return id
+        }
+        return healthy.map { NodeRemoval.Member(id: next(), name: $0, healthy: true) }
+            + down.map { NodeRemoval.Member(id: next(), name: $0, healthy: false) }
+            + learners.map { NodeRemoval.Member(id: next(), name: $0, isLearner: true, healthy: true) }
+    }
+
+    static func nodes(_ states: [(String, NodeState)], storage: String = "st") -> [Candidate] {
+        states.map { Candidate(name: $0.0, state: $0.1, roles: [.compute], hasUnderlay: true) }
+            + [Candidate(name: storage, state: .ready, roles: [.storage], hasUnderlay: true)]
+    }
+
+    func step(
+        _ node: String, _ members: [NodeRemoval.Member], _ nodes: [Candidate], deadFor: [String: Duration] = [:]
+    ) -> EtcdSeatKeeping.Step? {
+        EtcdSeatKeeping.step(node: node, members: members, nodes: nodes, deadFor: deadFor, grace: Self.grace)
+    }
+
+    @Test func aVoterDeadPastTheGraceIsReplacedByTheFirstReadyComputeNodeAlone() {
+        let members = Self.members(healthy: ["n2", "n3"], down: ["n1"])
+        let nodes = Self.nodes([("n1", .dead), ("n2", .ready), ("n3", .ready), ("n4", .ready), ("n5", .ready)])
+        let dead: [String: Duration] = ["n1": .seconds(61)]
+        #expect(step("n4", members, nodes, deadFor: dead) == .replace(dead: "n1", id: 3))
+        // Every other node decides the same and leaves it to n4: no two nodes add a member.
+        for other in ["n2", "n3", "n5", "st"] { #expect(step(other, members, nodes, deadFor: dead) == nil, "\(other)") }
+    }
+
+    @Test func aVoterJustDeadOrOfANodeAliveKeepsItsSeat() {
+        let members = Self.members(healthy: ["n2", "n3"], down: ["n1"])
+        // Within the grace (a node rebooting comes back with its member).
+        #expect(step("n4", members, Self.nodes([("n1", .dead), ("n4", .ready)]), deadFor: ["n1": .seconds(59)]) == nil)
+        // Its vcd is alive (etcd alone down on it, or slow): its own to restart.
+        #expect(
+            step("n4", members, Self.nodes([("n1", .ready), ("n4", .ready)]), deadFor: ["n1": .seconds(600)]) == nil)
+        #expect(
+            step("n4", members, Self.nodes([("n1", .cordoned), ("n4", .ready)]), deadFor: ["n1": .seconds(600)]) == nil)
+    }
+
+    @Test func noRemovalThatWouldCostQuorum() {
+        // Three voters, two down: the one left is no quorum, and etcd takes no change anyway.
+        let members = Self.members(healthy: ["n3"], down: ["n1", "n2"])
+        let nodes = Self.nodes([("n1", .dead), ("n2", .dead), ("n3", .ready), ("n4", .ready)])
+        #expect(step("n4", members, nodes, deadFor: ["n1": .seconds(600), "n2": .seconds(600)]) == nil)
+    }
+
+    @Test func fewerVotersThanWantedAndNoneDownTakeTheSuccessor() {
+        // After a removal (or a replacement's removal whose join failed): two healthy voters.
+        let members = Self.members(healthy: ["n2", "n3"])
+        let nodes = Self.nodes([("n2", .ready), ("n3", .ready), ("n4", .ready)])
+        #expect(step("n4", members, nodes) == .join)
+        #expect(step("n3", members, nodes) == nil, "a member takes no second seat")
+        #expect(step("st", members, nodes) == nil)
+        // Three healthy voters: nothing to do.
+        #expect(step("n4", Self.members(healthy: ["n1", "n2", "n3"]), nodes) == nil)
+    }
+
+    @Test func aLearnerCatchingUpIsLeftToFinish() {
+        let members = Self.members(healthy: ["n2", "n3"], learners: ["n5"])
+        #expect(step("n4", members, Self.nodes([("n2", .ready), ("n3", .ready), ("n4", .ready)])) == nil)
+    }
+
+    @Test func theSuccessorIsReadyUncordonedReachableAndComputeBeforeStorage() {
+        let cordoned = [
+            Candidate(name: "n4", state: .cordoned, roles: [.compute], hasUnderlay: true),
+            Candidate(name: "n5", state: .ready, roles: [.compute], hasUnderlay: false),
+            Candidate(name: "a-storage", state: .ready, roles: [.storage], hasUnderlay: true),
+        ]
+        #expect(
+            EtcdSeatKeeping.successor(nodes: cordoned, members: []) == "a-storage", "the storage node last, not never")
+        let both = cordoned + [Candidate(name: "n6", state: .ready, roles: [.compute], hasUnderlay: true)]
+        #expect(EtcdSeatKeeping.successor(nodes: both, members: []) == "n6")
+        #expect(EtcdSeatKeeping.successor(nodes: both, members: ["n6", "a-storage"]) == nil)
+    }
+}
