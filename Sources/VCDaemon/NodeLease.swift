@@ -62,6 +62,12 @@ public actor HeldLease {
         if id == nil { until = nil }
     }
 
+    /// Another machine's vcd holds this node's name: this one acts as the node in nothing
+    /// (no repair, no operation taken over) until it registers.
+    public private(set) var nameTaken = false
+
+    func name(taken: Bool) { nameTaken = taken }
+
     /// The last lease held, kept after it is dropped: what the other nodes are asked about
     /// when its deadline has passed.
     public private(set) var lastID: Int64?
@@ -150,6 +156,7 @@ public struct NodeLease: Service, CustomStringConvertible {
                     }
                     lease = granted.id
                     nameTaken = false
+                    await node.lease.name(taken: false)
                     node.logger.info("node registered", metadata: ["lease": "\(granted.id)", "ttl": "\(granted.ttl)"])
                     await readiness.lease(held: true)
                     await node.lease.held(granted.id, until: sent + .seconds(min(granted.ttl, ttl)) - Self.margin)
@@ -159,6 +166,7 @@ public struct NodeLease: Service, CustomStringConvertible {
                 // (when that machine is gone, its lease expires and the name is free).
                 if !nameTaken { node.logger.error("\(error)") }
                 nameTaken = true
+                await node.lease.name(taken: true)
                 await readiness.lease(held: false)
                 failed = false
             } catch CatalogError.removed {

@@ -46,6 +46,11 @@ public struct Reconciler: Service, CustomStringConvertible {
 
     func pass() async {
         await followEtcdMembers()
+        // A second machine given a live node's name repairs nothing of that node's.
+        if await node.lease.nameTaken {
+            node.logger.warning("reconcile skipped: another machine holds this node's name")
+            return
+        }
         await recoverOperations()
         await reconcile()
         // Last: a seat taken waits for the new member to catch up.
