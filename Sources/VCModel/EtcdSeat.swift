@@ -102,7 +102,8 @@ public enum EtcdSeatKeeping {
         grace: Duration, wanted: Int = 3
     ) -> Step? {
         let named = Set(members.map(\.name))
-        if named.contains(node) { return nil }
+        // Its own learner, left by a join that stopped midway: the join finishes it.
+        if let own = members.first(where: { $0.name == node }) { return own.isLearner ? .join : nil }
         // A join under way (etcd takes one learner at a time) is left to finish.
         if members.contains(where: \.isLearner) { return nil }
         let voters = members.filter { !$0.isLearner }
