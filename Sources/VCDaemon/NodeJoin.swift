@@ -144,6 +144,9 @@ extension NodeDrain {
                     initialCluster: EtcdSeat.initialCluster(
                         node: name, peerURL: peerURL, members: list.map { ($0.name, $0.peerURLs) }))
             }
+            // A member just added starts empty: data left by an earlier member of this node
+            // (removed since) would make etcd refuse to start.
+            if added != nil { await process.remove() }
             try await process.start(definition!)
             events.yield(.step("started etcd on \(name) (clients at \(clientURL)); waiting for it to catch up"))
             let began = ContinuousClock.now
@@ -167,11 +170,17 @@ extension NodeDrain {
             // Out again, so that the cluster keeps the members it had: etcd allows one
             // learner at a time, and a removed member's data can never be used again.
             node.logger.warning("etcd join failed, removing the learner", metadata: ["error": "\(error)"])
-            try? await RetryPolicy.catalogWrite.run { () async throws(CatalogError) in
-                try await node.catalog.etcd.removeMember(id)
+            let failure = DaemonError.from(error)
+            do {
+                try await RetryPolicy.catalogWrite.run { () async throws(CatalogError) in
+                    try await node.catalog.etcd.removeMember(id)
+                }
+            } catch let removal {
+                // Still listed: its data stays, so that the next join can finish it.
+                throw DaemonError.failed(
+                    "\(failure); the learner could not be removed (\(removal)): run 'vcnode join' to finish it")
             }
             await process.remove()
-            let failure = DaemonError.from(error)
             throw DaemonError.failed("\(failure); the learner was removed again, run 'vcnode join' to retry")
         }
     }
