@@ -392,6 +392,9 @@ public struct EtcdClient: Sendable {
         public var clientURLs: [String]
         public var peerURLs: [String]
         public var isLearner: Bool
+        /// The hosts of its client and peer URLs: a node whose underlay address is one of
+        /// them runs it.
+        public var hosts: Set<String> { Set((clientURLs + peerURLs).compactMap { URL(string: $0)?.host }) }
     }
 
     /// Every member, voting or learner (`/v3/cluster/member/list`).

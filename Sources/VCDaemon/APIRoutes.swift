@@ -285,7 +285,7 @@ struct APIRoutes: Sendable {
         // endpoints when it cannot be read.
         let listed = try? await node.catalog.etcd.members()
         let etcdHosts =
-            listed.map { Set($0.flatMap { $0.clientURLs + $0.peerURLs }.compactMap { URL(string: $0)?.host }) }
+            listed.map { $0.reduce(into: Set<String>()) { $0.formUnion($1.hosts) } }
             ?? node.configuration.etcd.memberHosts
         return world.views(excluding: nil).compactMap { view in
             guard let record = world.live[view.name] ?? world.members.first(where: { $0.name == view.name }) else {

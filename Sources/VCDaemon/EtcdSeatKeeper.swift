@@ -5,24 +5,31 @@ import VCModel
 /// The cluster keeps three etcd voting members on healthy nodes by itself: each reconcile
 /// pass, a node that is no member asks `EtcdSeatKeeping` whether it is the one to take a
 /// seat (a voter's node dead past `etcd.replaceDeadMemberAfterSeconds`, or fewer voters
-/// than three); if so, it removes the dead member and joins as `vcnode join` does.
+/// than three); if so, it removes the dead member and joins as `vcnode join` does. While
+/// every seat is taken, a pass costs only the members' status requests.
 struct EtcdSeatKeeper: Sendable {
     let node: PeerNode
     let drains: NodeDrain
     /// Since when each dead node has been seen dead by this vcd (kept across passes).
     let deaths: DeathClock
 
-    func pass() async {
+    /// `listed`: etcd's members, as this pass read them.
+    func pass(listed: [EtcdClient.Member]) async {
         let after = node.configuration.etcd.replaceDeadMemberAfterSeconds
         guard after > 0, let address = node.configuration.network.underlay, await node.lease.id != nil else { return }
+        let healthy = await NodeDrain.health(of: listed, node: node.name, underlay: address)
+        guard EtcdSeatKeeping.needsSeat(node: node.name, members: healthy) else {
+            // Every seat taken: a node that dies later is counted from then.
+            _ = await deaths.seen(dead: [])
+            return
+        }
         do {
             let world = try await PlacementWorld.read(node)
             let records = Dictionary(
                 (world.members + world.live.values).map { ($0.name, $0) }, uniquingKeysWith: { _, live in live })
             let views = world.views(excluding: nil)
             let dead = await deaths.seen(dead: Set(views.filter { $0.state == .dead }.map(\.name)))
-            let listed = try await node.catalog.etcd.members()
-            let members = await NodeDrain.health(of: listed, node: node.name, underlay: address).map { m in
+            let members = healthy.map { m in
                 var m = m
                 m.name = Self.nodeName(of: m.id, listed: listed, records: records.values) ?? m.name
                 return m
@@ -65,8 +72,7 @@ struct EtcdSeatKeeper: Sendable {
     /// The node whose underlay address serves the member `id` (founding members are named
     /// by the machine's etcd service, not necessarily after their node).
     static func nodeName(of id: UInt64, listed: [EtcdClient.Member], records: some Sequence<NodeRecord>) -> String? {
-        guard let member = listed.first(where: { $0.id == id }) else { return nil }
-        let hosts = Set((member.clientURLs + member.peerURLs).compactMap { URL(string: $0)?.host })
+        guard let hosts = listed.first(where: { $0.id == id })?.hosts else { return nil }
         return records.first { $0.underlay.map(hosts.contains) ?? false }?.name
     }
 }

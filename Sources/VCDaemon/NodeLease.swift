@@ -120,7 +120,6 @@ public struct NodeLease: Service, CustomStringConvertible {
     private func renew() async {
         var lease: Int64?
         var removed = false
-        var nameTaken = false
         let ttl = ttlSeconds
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let sent = ContinuousClock.now
@@ -155,7 +154,6 @@ public struct NodeLease: Service, CustomStringConvertible {
                         throw error
                     }
                     lease = granted.id
-                    nameTaken = false
                     await node.lease.name(taken: false)
                     node.logger.info("node registered", metadata: ["lease": "\(granted.id)", "ttl": "\(granted.ttl)"])
                     await readiness.lease(held: true)
@@ -164,8 +162,7 @@ public struct NodeLease: Service, CustomStringConvertible {
             } catch let error as CatalogError where error.isNameInUse {
                 // Another machine's vcd holds the name: said once, asked again each period
                 // (when that machine is gone, its lease expires and the name is free).
-                if !nameTaken { node.logger.error("\(error)") }
-                nameTaken = true
+                if await !node.lease.nameTaken { node.logger.error("\(error)") }
                 await node.lease.name(taken: true)
                 await readiness.lease(held: false)
                 failed = false

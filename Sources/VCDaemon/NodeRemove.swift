@@ -91,8 +91,7 @@ extension NodeDrain {
             for m in members {
                 group.addTask {
                     // A member added but not started yet has no name and no client URL.
-                    let hosts = (m.clientURLs + m.peerURLs).compactMap { URL(string: $0)?.host }
-                    let own = m.name == node || (underlay.map { hosts.contains($0) } ?? false)
+                    let own = m.name == node || (underlay.map(m.hosts.contains) ?? false)
                     var healthy = false
                     if let url = m.clientURLs.first {
                         healthy = await EtcdClient(endpoint: url, timeout: .seconds(1)).answersStatus()

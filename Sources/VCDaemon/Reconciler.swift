@@ -45,7 +45,7 @@ public struct Reconciler: Service, CustomStringConvertible {
     }
 
     func pass() async {
-        await followEtcdMembers()
+        let members = await followEtcdMembers()
         // A second machine given a live node's name repairs nothing of that node's.
         if await node.lease.nameTaken {
             node.logger.warning("reconcile skipped: another machine holds this node's name")
@@ -54,18 +54,24 @@ public struct Reconciler: Service, CustomStringConvertible {
         await recoverOperations()
         await reconcile()
         // Last: a seat taken waits for the new member to catch up.
-        await EtcdSeatKeeper(node: node, drains: NodeDrain(node: node, lifecycle: lifecycle), deaths: deaths).pass()
+        if let members {
+            await EtcdSeatKeeper(node: node, drains: NodeDrain(node: node, lifecycle: lifecycle), deaths: deaths)
+                .pass(listed: members)
+        }
     }
 
     /// The etcd members as etcd lists them now, so that a member a join added is used and
     /// one a removal took out is not (the configured endpoints are where vcd starts).
-    func followEtcdMembers() async {
-        guard let members = try? await node.catalog.etcd.members() else { return }
+    /// Returns the list (nil when it cannot be read).
+    @discardableResult
+    func followEtcdMembers() async -> [EtcdClient.Member]? {
+        guard let members = try? await node.catalog.etcd.members() else { return nil }
         let etcd = node.catalog.etcd
         if etcd.follow(members: members) {
             node.logger.notice(
                 "following etcd's members", metadata: ["endpoints": "\(etcd.endpoints.joined(separator: ", "))"])
         }
+        return members
     }
 
     /// Finishes or undoes every operation of this node that no task here is running: one

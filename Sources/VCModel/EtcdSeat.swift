@@ -101,14 +101,12 @@ public enum EtcdSeatKeeping {
         node: String, members: [NodeRemoval.Member], nodes: [Candidate], deadFor: [String: Duration],
         grace: Duration, wanted: Int = 3
     ) -> Step? {
+        guard needsSeat(node: node, members: members, wanted: wanted) else { return nil }
         let named = Set(members.map(\.name))
         // Its own learner, left by a join that stopped midway: the join finishes it.
-        if let own = members.first(where: { $0.name == node }) { return own.isLearner ? .join : nil }
-        // A join under way (etcd takes one learner at a time) is left to finish.
-        if members.contains(where: \.isLearner) { return nil }
+        if members.contains(where: { $0.name == node }) { return .join }
         let voters = members.filter { !$0.isLearner }
         let healthy = voters.filter(\.healthy).count
-        guard healthy < wanted else { return nil }
         let state = Dictionary(nodes.map { ($0.name, $0.state) }, uniquingKeysWith: { a, _ in a })
         let down = voters.filter { !$0.healthy }
         let step: Step
@@ -126,6 +124,16 @@ public enum EtcdSeatKeeping {
             step = .replace(dead: dead.name, id: dead.id)
         }
         return successor(nodes: nodes, members: named) == node ? step : nil
+    }
+
+    /// Whether `node` may have a seat to take, from etcd's members alone (so that the catalog
+    /// is read only then): its own learner is to be finished, or, with no other learner
+    /// catching up, fewer than `wanted` voters are healthy and it is no member.
+    public static func needsSeat(node: String, members: [NodeRemoval.Member], wanted: Int = 3) -> Bool {
+        if let own = members.first(where: { $0.name == node }) { return own.isLearner }
+        // A join under way (etcd takes one learner at a time) is left to finish.
+        if members.contains(where: \.isLearner) { return false }
+        return members.filter { !$0.isLearner && $0.healthy }.count < wanted
     }
 
     /// The node that takes the next seat: a ready node with an underlay address that is no

@@ -93,13 +93,8 @@ import VCModel
     }
 
     @Test func listingsFollowEveryWriteAndSurviveARestartOfEtcd() async throws {
-        try #require(OwnEtcd.path != nil, "etcd is not installed: make test installs it (scripts/setup.sh)")
-        let etcd = try OwnEtcd()
+        let (etcd, client, catalog) = try await Self.ownCatalog(prefix: "/mirror-test")
         defer { etcd.remove() }
-        try etcd.start()
-        let client = EtcdClient(endpoint: Self.endpoint, timeout: .seconds(2))
-        let catalog = Catalog(etcd: client, prefix: "/mirror-test")
-        try await Self.eventually("etcd to answer") { (try await client.get("/none") == nil, "") }
         func put(_ name: String, _ state: ClusterState = .running) async throws {
             try await client.put(catalog.clusterKey(name), try catalog.encode(Self.summary(name, state: state)))
         }
@@ -153,6 +148,22 @@ import VCModel
         follower.cancel()
         await follower.value
     }
+    /// The test's own etcd, started and answering, and a catalog under `prefix` on it; the
+    /// caller removes it (`etcd.remove()`), which is done here when it does not answer.
+    static func ownCatalog(prefix: String) async throws -> (OwnEtcd, EtcdClient, Catalog) {
+        try #require(OwnEtcd.path != nil, "etcd is not installed: make test installs it (scripts/setup.sh)")
+        let etcd = try OwnEtcd()
+        do {
+            try etcd.start()
+            let client = EtcdClient(endpoint: endpoint, timeout: .seconds(2))
+            try await eventually("etcd to answer") { (try await client.get("/none") == nil, "") }
+            return (etcd, client, Catalog(etcd: client, prefix: prefix))
+        } catch {
+            etcd.remove()
+            throw error
+        }
+    }
+
     static func node(_ name: String, machine: String?, api: String) -> NodeRecord {
         NodeRecord(
             name: name, initiator: "", api: api, capacity: NodeCapacity(node: name, cpus: 1, memoryMiB: 512),
@@ -164,13 +175,8 @@ import VCModel
     /// machine restarted within its TTL, a record of a machine unknown, and a name whose
     /// holder's lease ended are taken over; a removed name stays refused.
     @Test func aNodeNameHeldByAnotherLiveMachineIsRefused() async throws {
-        try #require(OwnEtcd.path != nil, "etcd is not installed: make test installs it (scripts/setup.sh)")
-        let etcd = try OwnEtcd()
+        let (etcd, client, catalog) = try await Self.ownCatalog(prefix: "/names-test")
         defer { etcd.remove() }
-        try etcd.start()
-        let client = EtcdClient(endpoint: Self.endpoint, timeout: .seconds(2))
-        let catalog = Catalog(etcd: client, prefix: "/names-test")
-        try await Self.eventually("etcd to answer") { (try await client.get("/none") == nil, "") }
         func holder() async throws -> String? {
             guard let kv = try await client.get(catalog.nodeKey("n1")) else { return nil }
             let record: NodeRecord = try catalog.decode(kv)
