@@ -171,11 +171,13 @@ public struct NodeLease: Service, CustomStringConvertible {
                     directives += machine.fenced(now: now)
                 case .stop:
                     stopping = true
-                    let others = await !node.lease.witnesses.isEmpty
+                    let others = await othersMayTakeOver()
                     directives += machine.stop(now: now, othersMayTakeOver: others)
                 }
                 for directive in directives {
-                    await carryOut(directive, removed: removed, group: &group, sink: sink)
+                    if case .hold = directive { said = "" }
+                    await carryOut(
+                        directive, removed: removed, verdict: machine.verdict, group: &group, sink: sink)
                 }
                 directives = []
                 await readiness.watcherBeat(mayPing: machine.watchdogMayPing)
@@ -187,7 +189,8 @@ public struct NodeLease: Service, CustomStringConvertible {
     }
 
     private func carryOut(
-        _ directive: LeaseMachine.Directive, removed: Bool, group: inout DiscardingTaskGroup,
+        _ directive: LeaseMachine.Directive, removed: Bool, verdict: SelfFence.Verdict?,
+        group: inout DiscardingTaskGroup,
         sink: AsyncStream<Event>.Continuation
     ) async {
         switch directive {
@@ -213,9 +216,11 @@ public struct NodeLease: Service, CustomStringConvertible {
             await lapse(lease, reason: reason)
             group.addTask {
                 let stopped = await Self.stopEveryGuest(node)
-                node.logger.critical(
-                    "self-fenced: every VM of this node is stopped",
-                    metadata: ["reason": "\(reason.rawValue)", "lease": "\(lease)", "stopped": "\(stopped)"])
+                var metadata: Logger.Metadata = [
+                    "reason": "\(reason.rawValue)", "lease": "\(lease)", "stopped": "\(stopped)",
+                ]
+                if case .stop(let why) = verdict { metadata["verdict"] = "\(why)" }
+                node.logger.critical("self-fenced: every VM of this node is stopped", metadata: metadata)
                 sink.yield(.fenced)
             }
         case .revoke(let lease):
@@ -243,6 +248,11 @@ public struct NodeLease: Service, CustomStringConvertible {
             } catch {
                 try? await etcd.revoke(lease: granted.id)
                 throw error
+            }
+            if Task.isCancelled {
+                // vcd stopped meanwhile: nothing waits for this lease.
+                try? await etcd.revoke(lease: granted.id)
+                return .registrationFailed(sentAt: sentAt, removed: false)
             }
             await node.lease.name(taken: false)
             node.logger.info("node registered", metadata: ["lease": "\(granted.id)", "ttl": "\(granted.ttl)"])
@@ -283,7 +293,10 @@ public struct NodeLease: Service, CustomStringConvertible {
             // The registration must still be under it: a node whose registration was
             // replaced while its lease was kept no longer holds the node's name by it.
             // A read that fails says nothing; the renewal stands.
-            if left > 0, case .success(let registered?) = await catalogRegistration(), registered != lease {
+            if left > 0,
+                case .success(let registered?)? = await within(max(deadline - .now, .zero), catalogRegistration),
+                registered != lease
+            {
                 node.logger.warning(
                     "the node's registration is no longer under its lease", metadata: ["lease": "\(lease)"])
                 return .renewed(lease: lease, ttl: 0, sentAt: sentAt)
@@ -298,12 +311,23 @@ public struct NodeLease: Service, CustomStringConvertible {
         return .renewalFailed(lease: lease, sentAt: sentAt)
     }
 
-    private func catalogRegistration() async -> Result<Int64?, CatalogError> {
+    @Sendable private func catalogRegistration() async -> Result<Int64?, CatalogError>? {
         do throws(CatalogError) {
             return .success(try await node.catalog.registrationLease(record.name))
         } catch {
             return .failure(error)
         }
+    }
+
+    /// Whether another node may start this node's VMs once its lease is gone: it has seen
+    /// one registered, or, not yet, the catalog lists one now (read within a second).
+    private func othersMayTakeOver() async -> Bool {
+        if await !node.lease.witnesses.isEmpty { return true }
+        let others = await within(.seconds(1)) { () async -> [NodeRecord]? in
+            try? await node.catalog.members().filter { $0.name != node.name }
+        }
+        if let others, !others.isEmpty { await node.lease.seen(others) }
+        return !(others ?? []).isEmpty
     }
 
     /// Past the self-fence point: the gateway addresses come off (another node may take
@@ -316,7 +340,9 @@ public struct NodeLease: Service, CustomStringConvertible {
         if reason == .stopping { return }
         if await !node.lease.witnesses.isEmpty {
             node.logger.warning(
-                "lease not renewed in time: gateway addresses taken off",
+                reason == .leaseGone
+                    ? "lease gone: gateway addresses taken off"
+                    : "lease not renewed in time: gateway addresses taken off",
                 metadata: ["reason": "\(reason.rawValue)", "lease": "\(lease)"])
             await ClusterBridge.releaseGatewaysOnHost(plan: node.addresses, logger: node.logger)
         } else {
