@@ -357,8 +357,10 @@ public struct Catalog: Sendable {
     }
 
     /// The lease a node's live key is under, nil when it is not registered.
-    public func registrationLease(_ name: String) async throws(CatalogError) -> Int64? {
-        try await etcd.get(nodeKey(name))?.lease
+    public func registrationLease(_ name: String, by deadline: ContinuousClock.Instant? = nil)
+        async throws(CatalogError) -> Int64?
+    {
+        try await etcd.get(nodeKey(name), by: deadline)?.lease
     }
 
     /// Every node that ever registered, alive or not.

@@ -225,7 +225,7 @@ public struct NodeLease: Service, CustomStringConvertible {
             }
         case .revoke(let lease):
             await node.lease.drop(lease)
-            _ = await within(.seconds(1)) { try? await node.catalog.etcd.revoke(lease: lease) }
+            try? await node.catalog.etcd.revoke(lease: lease, by: .now + .seconds(1))
         }
     }
 
@@ -280,21 +280,15 @@ public struct NodeLease: Service, CustomStringConvertible {
 
     /// One keep-alive, bounded by `deadline`. A TTL etcd reports longer than the one asked
     /// (a leader change) is not believed: the machine counts from the send time.
+    /// Every request is bounded by `deadline`, and the etcd members share the time left: a
+    /// renewal that waited out a member that is cut off would leave none for the others.
     private func renew(_ lease: Int64, sentAt: Instant, deadline: Instant) async -> Event {
-        let answer = await within(max(deadline - .now, .zero)) { () async -> Result<Int, CatalogError>? in
-            do throws(CatalogError) {
-                return .success(try await node.catalog.etcd.keepAlive(lease: lease))
-            } catch {
-                return .failure(error)
-            }
-        }
-        switch answer {
-        case .success(let left)?:
+        do throws(CatalogError) {
+            let left = try await node.catalog.etcd.keepAlive(lease: lease, by: deadline)
             // The registration must still be under it: a node whose registration was
             // replaced while its lease was kept no longer holds the node's name by it.
             // A read that fails says nothing; the renewal stands.
-            if left > 0,
-                case .success(let registered?)? = await within(max(deadline - .now, .zero), catalogRegistration),
+            if left > 0, let registered = try? await node.catalog.registrationLease(record.name, by: deadline),
                 registered != lease
             {
                 node.logger.warning(
@@ -302,20 +296,9 @@ public struct NodeLease: Service, CustomStringConvertible {
                 return .renewed(lease: lease, ttl: 0, sentAt: sentAt)
             }
             return .renewed(lease: lease, ttl: left, sentAt: sentAt)
-        case .failure(let error)?:
-            node.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
-        case nil:
-            node.logger.warning(
-                "lease renewal failed", metadata: ["error": "no etcd member answered before the lease's deadline"])
-        }
-        return .renewalFailed(lease: lease, sentAt: sentAt)
-    }
-
-    @Sendable private func catalogRegistration() async -> Result<Int64?, CatalogError>? {
-        do throws(CatalogError) {
-            return .success(try await node.catalog.registrationLease(record.name))
         } catch {
-            return .failure(error)
+            node.logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
+            return .renewalFailed(lease: lease, sentAt: sentAt)
         }
     }
 
