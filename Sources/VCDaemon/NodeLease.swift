@@ -219,8 +219,14 @@ public struct NodeLease: Service, CustomStringConvertible {
                 var metadata: Logger.Metadata = [
                     "reason": "\(reason.rawValue)", "lease": "\(lease)", "stopped": "\(stopped)",
                 ]
-                if case .stop(let why) = verdict { metadata["verdict"] = "\(why)" }
-                node.logger.critical("self-fenced: every VM of this node is stopped", metadata: metadata)
+                if reason == .stopping {
+                    node.logger.notice(
+                        "vcd stopping: every VM of this node is stopped, for the other nodes to start",
+                        metadata: metadata)
+                } else {
+                    if case .stop(let why) = verdict { metadata["verdict"] = "\(why)" }
+                    node.logger.critical("self-fenced: every VM of this node is stopped", metadata: metadata)
+                }
                 sink.yield(.fenced)
             }
         case .revoke(let lease):

@@ -141,9 +141,44 @@ struct StepRunner: Sendable {
             }
             throw DaemonError.unavailable("node \(name) is not up (it holds no lease); \(step) cannot run there")
         }
-        return try await node.peers.perform(
-            step, undo: undo, cluster: cluster, image: image, origins: origins, on: target)
+        return try await whileLive(target) {
+            try await node.peers.perform(
+                step, undo: undo, cluster: cluster, image: image, origins: origins, on: target)
+        }
     }
+
+    /// What `call` to `target` gives, given up once the catalog no longer lists `target` as
+    /// live (its lease expired): a request to a node cut off waits on a connection that no
+    /// longer carries anything, up to the step timeout, and the operation (a recovery of
+    /// another lost node, say) would wait with it. A catalog that cannot be read says
+    /// nothing.
+    private func whileLive(_ target: NodeRecord, _ call: @escaping @Sendable () async throws -> String?)
+        async throws -> String?
+    {
+        try await withThrowingTaskGroup(of: String?.self) { group in
+            group.addTask { try await call() }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: Self.livenessInterval)
+                    var lost = false
+                    do {
+                        lost = try await node.liveNode(target.name) == nil
+                    } catch {
+                        // Unread: it says nothing about the node.
+                    }
+                    if lost {
+                        throw DaemonError.unavailable(
+                            "node \(target.name) was lost (its lease expired) before it answered")
+                    }
+                }
+            }
+            defer { group.cancelAll() }
+            return try await group.next() ?? nil
+        }
+    }
+
+    /// How often a node carrying out a step is checked for life.
+    static let livenessInterval = Duration.seconds(1)
 
     // MARK: - this node's share
 
