@@ -78,8 +78,9 @@ public actor HeldLease {
     func drop(_ lease: Int64) { if held?.id == lease { held = nil } }
 
     /// Another machine's vcd holds this node's name: this one acts as the node in nothing
-    /// (no repair, no operation taken over) until it registers.
-    public private(set) var nameTaken = false
+    /// (no repair, no operation taken over) until it registers. Nil until the first
+    /// registration was answered: whose the name is, is not known before.
+    public private(set) var nameTaken: Bool?
 
     func name(taken: Bool) { nameTaken = taken }
 
@@ -266,12 +267,14 @@ public struct NodeLease: Service, CustomStringConvertible {
         } catch .nameInUse(let name, let api) {
             // Another machine's vcd holds the name: said once, asked again each period
             // (when that machine is gone, its lease expires and the name is free).
-            if await !node.lease.nameTaken {
+            if await node.lease.nameTaken != true {
                 node.logger.error("\(CatalogError.nameInUse(node: name, api: api))")
             }
             await node.lease.name(taken: true)
         } catch .removed {
             // Taken out (`vcnode remove`): it stays out, holding nothing, and says so once.
+            // The name is this machine's all the same.
+            await node.lease.name(taken: false)
             node.logger.error(
                 "this node was removed from the cluster; it stays out",
                 metadata: ["error": "\(CatalogError.removed(node: record.name))"])
