@@ -22,6 +22,8 @@ struct APIRoutes: Sendable {
         let v = "/\(API.version)"
         router.get("\(v)/node") { _, _ in try await respond { try await nodeStatus() } }
         router.get("\(v)/nodes") { _, _ in try await respond { try await nodeSummaries() } }
+        // What a node being brought in shares with the cluster (`vcnode join --peer`).
+        router.get("\(v)/join-configuration") { _, _ in try await respond { try await joinConfiguration() } }
         // The technician's hot-swap calls (vcnode), for any node.
         let drains = NodeDrain(node: node, lifecycle: lifecycle)
         router.post("\(v)/nodes/:name/cordon") { request, context in
@@ -275,6 +277,31 @@ struct APIRoutes: Sendable {
     /// Every node the cluster knows, with its state, roles and what is placed on it. A node
     /// whose underlay address serves an etcd member (voting or learner) is an etcd member.
     func nodeSummaries() async throws -> [NodeSummary] { try await Self.summaries(node) }
+
+    /// This node's cluster-wide settings, with etcd's voting members as etcd lists them
+    /// (members joined since included, removed ones not).
+    func joinConfiguration() async throws -> JoinConfiguration {
+        let c = node.configuration
+        let voters = try await node.catalog.etcd.members().filter { !$0.isLearner }.flatMap(\.clientURLs)
+        let endpoints = voters.isEmpty ? c.etcd.allEndpoints : voters
+        let loopback = endpoints.filter { URL(string: $0)?.host.map(Self.isLoopback) ?? false }
+        guard loopback.isEmpty else {
+            throw DaemonError.invalid(
+                "node \(node.name)'s etcd answers on loopback only (\(loopback.joined(separator: ", "))): a single-machine setup, which no other node can join"
+            )
+        }
+        return JoinConfiguration(
+            etcdEndpoints: endpoints, etcdPrefix: c.etcd.prefix,
+            memberHeartbeatMilliseconds: c.etcd.member.heartbeatMilliseconds,
+            memberElectionMilliseconds: c.etcd.member.electionMilliseconds, memberArguments: c.etcd.member.arguments,
+            replaceDeadMemberAfterSeconds: c.etcd.replaceDeadMemberAfterSeconds, leaseTTLSeconds: c.leaseTTLSeconds,
+            reconcileIntervalSeconds: c.reconcileIntervalSeconds, networkPrefix: c.network.prefix,
+            bridgePrefix: c.network.bridgePrefix, apiPort: c.api.port)
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
+    }
 
     static func summaries(_ node: PeerNode) async throws -> [NodeSummary] {
         let world = try await PlacementWorld.read(node)

@@ -9,6 +9,15 @@ public enum Naming {
     /// The IQN prefix of everything Peerless exports or logs in with.
     public static let iqnPrefix = "iqn.2026-11.dev.peerless"
 
+    /// A node's default name from its host name: the first label, lowercased, with
+    /// anything but letters, digits and '-' made '-', and `node-` in front when it does not
+    /// start with a letter (`Web-01.example.org` gives `web-01`, `7b` gives `node-7b`).
+    public static func nodeName(host: String) -> String {
+        let label = host.split(separator: ".").first.map(String.init) ?? "node"
+        let cleaned = String(label.lowercased().map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "-" })
+        return cleaned.first?.isLetter == true ? cleaned : "node-" + cleaned
+    }
+
     /// `demo` and index 1 give `demo-1`: the VM, its libvirt domain and its hostname.
     public static func vmName(cluster: String, index: Int) -> String { "\(cluster)-\(index)" }
 
