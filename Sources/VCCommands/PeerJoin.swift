@@ -38,7 +38,7 @@ struct PeerJoin {
         let peerClient = VCDClient(endpoint: url, token: token.trimmingCharacters(in: .whitespacesAndNewlines))
         let shared: JoinConfiguration = try await peerClient.get("/\(API.version)/join-configuration")
         let nodes: [NodeSummary] = try await peerClient.get("/\(API.version)/nodes")
-        let name = name ?? Naming.nodeName(host: ProcessInfo.processInfo.hostName)
+        let name = name ?? Self.defaultName()
         if let holder = nodes.first(where: { $0.record.name == name && $0.state != .dead }) {
             throw ValidationError(
                 "node name \(name) is in use by the live node at \(holder.record.api); give this node another with --name, or 'vcnode replace \(name)' once it is dead"
@@ -61,6 +61,14 @@ struct PeerJoin {
         var local = global
         local.endpoint = global.endpoint ?? "unix://\(API.defaultSocket)"
         try await NodeSeat.take(replacing: nil, global: local)
+    }
+
+    /// The name vcd takes by default: from the host name (as vcd's `node` setting).
+    static func defaultName() -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        gethostname(&buf, buf.count)
+        return Naming.nodeName(
+            host: String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
     }
 
     /// `HOST`, `HOST:PORT` or `http://HOST:PORT`: the peer's API URL and its host.
