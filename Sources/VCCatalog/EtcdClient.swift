@@ -217,15 +217,19 @@ public struct EtcdClient: Sendable {
     }
 
     /// Every key under `prefix`, sorted by key.
-    public func list(prefix: String) async throws(CatalogError) -> [KeyValue] {
-        try await snapshot(prefix: prefix).kvs
+    public func list(prefix: String, by deadline: ContinuousClock.Instant? = nil) async throws(CatalogError)
+        -> [KeyValue]
+    {
+        try await snapshot(prefix: prefix, by: deadline).kvs
     }
 
     /// Every key under `prefix` with the revision they were read at: where a watch of the
     /// prefix takes over (from `revision + 1`).
-    public func snapshot(prefix: String) async throws(CatalogError) -> PrefixSnapshot {
+    public func snapshot(prefix: String, by deadline: ContinuousClock.Instant? = nil) async throws(CatalogError)
+        -> PrefixSnapshot
+    {
         let r: RangeResponse = try await call(
-            "/v3/kv/range", ["key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix))])
+            "/v3/kv/range", ["key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix))], by: deadline)
         var out: [KeyValue] = []
         out.reserveCapacity(r.kvs?.count ?? 0)
         for kv in r.kvs ?? [] { out.append(try kv.decoded()) }
@@ -558,6 +562,17 @@ public struct EtcdClient: Sendable {
                 preferred.prefer(members.endpoints[attempt.member])
                 throw error
             }
+            // A streaming call (the keep-alive) gets etcd's error inside a 200 answer: it is
+            // handled as the same error in a status would be (another member tried).
+            if let failure = (try? JSONDecoder().decode(StreamedError.self, from: raw))?.error {
+                let message = failure.message ?? "an error without a message"
+                let error = CatalogError.rejected(endpoint: endpoint, status: failure.httpCode ?? 500, message: message)
+                if error.isRetryable {
+                    round.failed(.refused(status: failure.httpCode ?? 500, message: message))
+                    continue
+                }
+                throw error
+            }
             preferred.prefer(members.endpoints[attempt.member])
             do {
                 return try JSONDecoder().decode(R.self, from: raw)
@@ -774,6 +789,20 @@ struct EndpointFailover: Sendable {
 
 // grpc-gateway renders int64 as strings and leaves out zero values.
 private struct Header: Decodable {}
+/// `{"error": {"grpc_code": 14, "http_code": 503, "message": "etcdserver: no leader"}}`, as
+/// the gateway streams it.
+private struct StreamedError: Decodable {
+    struct Failure: Decodable {
+        var message: String?
+        var httpCode: Int?
+        enum CodingKeys: String, CodingKey {
+            case message
+            case httpCode = "http_code"
+        }
+    }
+    var error: Failure?
+}
+
 private struct GatewayError: Decodable {
     var error: String?
     var message: String?

@@ -240,7 +240,8 @@ struct NodeJoinCommand: AsyncParsableCommand {
     var peer: String?
 
     @Option(help: "With --peer: the vcd configuration file to write.", completion: .file())
-    var config = "/etc/peerless/vcd.yaml"
+    var config = Self.defaultConfig
+    static let defaultConfig = "/etc/peerless/vcd.yaml"
 
     @Option(help: "With --peer: this node's name (default: from its host name).")
     var name: String?
@@ -259,8 +260,11 @@ struct NodeJoinCommand: AsyncParsableCommand {
 
     /// Checked in `run`, not `validate`, so that a bad value gets one line, not a usage page.
     func check() throws {
-        if peer == nil, name != nil || underlay != nil || role != .compute {
-            throw ValidationError("--name, --underlay and --role configure a node from a peer: give --peer too")
+        if peer == nil,
+            name != nil || underlay != nil || role != .compute || config != Self.defaultConfig || wait != 120
+        {
+            throw ValidationError(
+                "--name, --underlay, --role, --config and --wait configure a node from a peer: give --peer too")
         }
         if role == .etcd { throw ValidationError("--role: compute or storage (an etcd member is what join gives)") }
         if let name { try NameRule.checkNode(name) }

@@ -31,14 +31,23 @@ struct PeerJoin {
             throw ValidationError(
                 "--peer needs the cluster's API token: --token-file FILE, a copy of \(Self.tokenPath) from any node")
         }
-        guard let token = try? String(contentsOfFile: file, encoding: .utf8), !token.isEmpty else {
-            throw ValidationError("cannot read the API token file \(file)")
+        let token: String
+        do {
+            token = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        } catch {
+            throw ValidationError("cannot read the API token file \(file): \(Self.reason(error))")
         }
+        guard !token.isEmpty else { throw ValidationError("the API token file \(file) is empty") }
         let (url, host) = try Self.endpoint(peer)
-        let peerClient = VCDClient(endpoint: url, token: token.trimmingCharacters(in: .whitespacesAndNewlines))
+        let peerClient = VCDClient(endpoint: url, token: token)
         let shared: JoinConfiguration = try await peerClient.get("/\(API.version)/join-configuration")
         let nodes: [NodeSummary] = try await peerClient.get("/\(API.version)/nodes")
         let name = name ?? Self.defaultName()
+        do {
+            try NameRule.checkNode(name)
+        } catch {
+            throw ValidationError("this node's name from its host name: \(error); give one with --name")
+        }
         if let holder = nodes.first(where: { $0.record.name == name && $0.state != .dead }) {
             throw ValidationError(
                 "node name \(name) is in use by the live node at \(holder.record.api); give this node another with --name, or 'vcnode replace \(name)' once it is dead"
@@ -47,9 +56,16 @@ struct PeerJoin {
         guard let underlay = underlay ?? Self.localAddress(reaching: host) else {
             throw ValidationError("cannot tell this node's address towards \(host); give it with --underlay ADDRESS")
         }
-        try Self.writeToken(token)
-        try Self.write(
-            shared.vcdYAML(node: name, underlay: underlay, roles: [role], peer: peer), to: config, mode: 0o644)
+        // The configuration first, then the token: a token that cannot be put in place takes
+        // the configuration away again, so that nothing is left of a failed run.
+        try Self.publish(
+            shared.vcdYAML(node: name, underlay: underlay, roles: [role], peer: peer), at: config, mode: 0o644)
+        do {
+            try Self.placeToken(token)
+        } catch {
+            unlink(config)
+            throw error
+        }
         note(
             "wrote \(config): node \(name) (\(role.rawValue)) at \(underlay), etcd \(shared.etcdEndpoints.joined(separator: ", "))"
         )
@@ -80,13 +96,23 @@ struct PeerJoin {
         return (parsed.port == nil ? "http://\(host):\(API.defaultPort)" : url, host)
     }
 
-    /// The address this node reaches `host` from (a UDP socket connected to it; nothing is
-    /// sent). IPv4 only; nil when the kernel has no route.
+    /// The address this node reaches `host` (an IPv4 address or a name) from: a UDP socket
+    /// connected to it, nothing sent. Nil when the name does not resolve or no route leads
+    /// there.
     static func localAddress(reaching host: String) -> String? {
         var target = sockaddr_in()
         target.sin_family = sa_family_t(AF_INET)
         target.sin_port = in_port_t(UInt16(API.defaultPort).bigEndian)
-        guard inet_pton(AF_INET, host, &target.sin_addr) == 1 else { return nil }
+        if inet_pton(AF_INET, host, &target.sin_addr) != 1 {
+            var hints = addrinfo()
+            hints.ai_family = AF_INET
+            hints.ai_socktype = Int32(SOCK_DGRAM.rawValue)
+            var found: UnsafeMutablePointer<addrinfo>?
+            guard getaddrinfo(host, nil, &hints, &found) == 0, let first = found, let address = first.pointee.ai_addr
+            else { return nil }
+            defer { freeaddrinfo(found) }
+            target.sin_addr = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+        }
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -109,36 +135,54 @@ struct PeerJoin {
 
     /// The token where vcd reads it, readable by root alone; one already there must be the
     /// same (another cluster's would be replaced silently otherwise).
-    static func writeToken(_ token: String) throws {
-        let trimmed = token.trimmingCharacters(in: .whitespacesAndNewlines)
+    static func placeToken(_ token: String) throws {
         if let present = try? String(contentsOfFile: tokenPath, encoding: .utf8) {
-            guard present.trimmingCharacters(in: .whitespacesAndNewlines) == trimmed else {
+            guard present.trimmingCharacters(in: .whitespacesAndNewlines) == token else {
                 throw ValidationError(
                     "\(tokenPath) holds another API token (of another cluster?); remove it first if this node is to leave that one"
                 )
             }
             return
         }
-        try write(trimmed + "\n", to: tokenPath, mode: 0o600)
+        try publish(token + "\n", at: tokenPath, mode: 0o600)
     }
 
-    /// Written whole or not at all: a temporary file of the mode asked, renamed.
-    static func write(_ text: String, to path: String, mode: mode_t) throws {
-        let directory = (path as NSString).deletingLastPathComponent
+    /// Written whole, with `mode` from the start, or not at all; never over a file that is
+    /// there (one made since the check at the start included): a temporary file, linked to
+    /// `path`, which fails when `path` exists.
+    static func publish(_ text: String, at path: String, mode: mode_t) throws {
         let temporary = "\(path).\(getpid()).tmp"
+        defer { unlink(temporary) }
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL, mode)
-            guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-            let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+            try FileManager.default.createDirectory(
+                atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        } catch {
+            throw ValidationError("cannot write \(path): \(reason(error))")
+        }
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL, mode)
+        guard fd >= 0 else { throw ValidationError("cannot write \(path): \(String(cString: strerror(errno)))") }
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        do {
             try handle.write(contentsOf: Data(text.utf8))
             try handle.synchronize()
             try handle.close()
-            guard rename(temporary, path) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         } catch {
-            unlink(temporary)
-            throw ValidationError("cannot write \(path): \(error.localizedDescription)")
+            throw ValidationError("cannot write \(path): \(reason(error))")
         }
+        guard link(temporary, path) == 0 else {
+            let why = errno == EEXIST ? "it exists" : String(cString: strerror(errno))
+            throw ValidationError("cannot write \(path): \(why)")
+        }
+    }
+
+    /// An error's cause as the system says it (errno's text when there is one).
+    static func reason(_ error: any Error) -> String {
+        let ns = error as NSError
+        if let posix = ns.userInfo[NSUnderlyingErrorKey] as? NSError, posix.domain == NSPOSIXErrorDomain {
+            return String(cString: strerror(Int32(posix.code)))
+        }
+        if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
+        return ns.localizedDescription
     }
 
     private func waitForLocalVCD() async throws {

@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import Libvirt
 import NIOCore
+import VCClient
 import VCHost
 import VCModel
 import VCStorage
@@ -132,6 +133,12 @@ struct APIRoutes: Sendable {
                     try await runner.undoHere(step)
                     return StepNote(note: nil)
                 }
+                // Without its lease, a node may be the one the others have found lost:
+                // what it would start now may be started elsewhere too. Undos are fine.
+                guard await node.lease.id != nil else {
+                    throw DaemonError.unavailable(
+                        "node \(node.name) holds no lease now (cut off from etcd?); \(step) cannot run there")
+                }
                 return StepNote(note: try await runner.performHere(step))
             }
         }
@@ -148,6 +155,24 @@ struct APIRoutes: Sendable {
                 // Answered within 0.7 s, the asker waiting 1 s: the members share the time.
                 let seconds = try? await node.catalog.etcd.timeToLive(lease: body.lease, by: .now + .milliseconds(700))
                 return LeaseAnswer(seconds: seconds)
+            }
+        }
+        // A live node found this one lost (see NodeLossRecovery). Holding its lease, or
+        // another one than named (it registered again since, or the call is late), this
+        // node is not: nothing is done. Else every VM stops now, before the others start
+        // them elsewhere.
+        router.post("\(v)/lost") { request, context in
+            try await respond { () async throws -> LostAnswer in
+                let body = try await decode(LostCall.self, request, context)
+                guard await node.lease.id == nil, await node.lease.last == body.lease else {
+                    return LostAnswer(stopped: nil)
+                }
+                let stopped = await NodeLease.stopEveryGuest(node)
+                node.logger.critical(
+                    "self-fenced: every VM of this node is stopped",
+                    metadata: ["reason": "toldLost", "by": "\(body.by)", "stopped": "\(stopped)"])
+                await node.lease.toldLost()
+                return LostAnswer(stopped: stopped)
             }
         }
         // Fencing a dead node's incarnations, asked of the storage node (see NodeLossRecovery).
@@ -282,12 +307,20 @@ struct APIRoutes: Sendable {
     /// (members joined since included, removed ones not).
     func joinConfiguration() async throws -> JoinConfiguration {
         let c = node.configuration
-        let voters = try await node.catalog.etcd.members().filter { !$0.isLearner }.flatMap(\.clientURLs)
-        let endpoints = voters.isEmpty ? c.etcd.allEndpoints : voters
-        let loopback = endpoints.filter { URL(string: $0)?.host.map(Self.isLoopback) ?? false }
-        guard loopback.isEmpty else {
+        // Only the URLs another machine can reach: a member on loopback alone means a
+        // single-machine setup, which no other node can join.
+        let reachable = { (url: String) in !VCDClient.isLoopback(url) }
+        let voters = try await node.catalog.etcd.members().filter { !$0.isLearner }
+        if let local = voters.first(where: { !$0.clientURLs.isEmpty && !$0.clientURLs.contains(where: reachable) }) {
             throw DaemonError.invalid(
-                "node \(node.name)'s etcd answers on loopback only (\(loopback.joined(separator: ", "))): a single-machine setup, which no other node can join"
+                "etcd member \(local.name) answers on loopback only (\(local.clientURLs.joined(separator: ", "))): a single-machine setup, which no other node can join"
+            )
+        }
+        let listed = voters.flatMap(\.clientURLs).filter(reachable)
+        let endpoints = listed.isEmpty ? c.etcd.allEndpoints.filter(reachable) : listed
+        guard !endpoints.isEmpty else {
+            throw DaemonError.invalid(
+                "node \(node.name)'s etcd answers on loopback only: a single-machine setup, which no other node can join"
             )
         }
         return JoinConfiguration(
@@ -297,10 +330,6 @@ struct APIRoutes: Sendable {
             replaceDeadMemberAfterSeconds: c.etcd.replaceDeadMemberAfterSeconds, leaseTTLSeconds: c.leaseTTLSeconds,
             reconcileIntervalSeconds: c.reconcileIntervalSeconds, networkPrefix: c.network.prefix,
             bridgePrefix: c.network.bridgePrefix, apiPort: c.api.port)
-    }
-
-    static func isLoopback(_ host: String) -> Bool {
-        host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
     }
 
     static func summaries(_ node: PeerNode) async throws -> [NodeSummary] {

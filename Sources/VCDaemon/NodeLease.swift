@@ -86,13 +86,27 @@ public actor HeldLease {
 
     func held(_ id: Int64, until: ContinuousClock.Instant) {
         held = (id, until)
+        last = id
     }
+
+    /// The lease held last, kept once it is given up: what a live node that found this
+    /// node lost names.
+    public private(set) var last: Int64?
 
     /// The other nodes that registered, as last read: asked, when this node's lease runs
     /// out, how long etcd still gives its lease (see `SelfFence`).
     public private(set) var witnesses: [NodeRecord] = []
 
     func seen(_ others: [NodeRecord]) { witnesses = others }
+
+    /// How the node's lease machine hears that a live node found this node lost.
+    private var lostListener: (@Sendable () -> Void)?
+
+    func onLost(_ listener: @escaping @Sendable () -> Void) { lostListener = listener }
+
+    /// A live node found this node lost: its lease machine is told (it self-fences if it
+    /// has lapsed).
+    func toldLost() { lostListener?() }
 }
 
 /// The node's registration in the catalog under an etcd lease, renewed at a third of its
@@ -123,6 +137,8 @@ public struct NodeLease: Service, CustomStringConvertible {
         case witnessed(lease: Int64, verdict: SelfFence.Verdict, sentAt: Instant)
         case fenced
         case stop
+        /// A live node found this node lost (`HeldLease.toldLost`).
+        case toldLost
     }
 
     /// The TTL asked of etcd, whole seconds (etcd's smallest at its default timers is 2).
@@ -144,6 +160,7 @@ public struct NodeLease: Service, CustomStringConvertible {
                 try? await gracefulShutdown()
                 sink.yield(.stop)
             }
+            await node.lease.onLost { sink.yield(.toldLost) }
             var directives = machine.start(now: .now)
             var stopping = false
             var said = ""
@@ -170,6 +187,8 @@ public struct NodeLease: Service, CustomStringConvertible {
                     }
                 case .fenced:
                     directives += machine.fenced(now: now)
+                case .toldLost:
+                    directives += machine.toldLost(now: now)
                 case .stop:
                     stopping = true
                     let others = await othersMayTakeOver()
@@ -292,6 +311,15 @@ public struct NodeLease: Service, CustomStringConvertible {
     /// Every request is bounded by `deadline`, and the etcd members share the time left: a
     /// renewal that waited out a member that is cut off would leave none for the others.
     private func renew(_ lease: Int64, sentAt: Instant, deadline: Instant) async -> Event {
+        // The requests end by the deadline themselves; this bounds what else they wait on.
+        await within(max(deadline - .now, .zero) + .milliseconds(200)) { await renewOnce(lease, sentAt, deadline) }
+            ?? {
+                node.logger.warning("lease renewal failed", metadata: ["error": "no answer by the lease's deadline"])
+                return .renewalFailed(lease: lease, sentAt: sentAt)
+            }()
+    }
+
+    @Sendable private func renewOnce(_ lease: Int64, _ sentAt: Instant, _ deadline: Instant) async -> Event {
         do throws(CatalogError) {
             let left = try await node.catalog.etcd.keepAlive(lease: lease, by: deadline)
             // The registration must still be under it: a node whose registration was
@@ -312,14 +340,16 @@ public struct NodeLease: Service, CustomStringConvertible {
     }
 
     /// Whether another node may start this node's VMs once its lease is gone: it has seen
-    /// one registered, or, not yet, the catalog lists one now (read within a second).
+    /// one registered, or, not yet, the catalog lists one now (read within a second). A
+    /// catalog that cannot be read says so when the node is one of several (it has an
+    /// address between the nodes): its VMs are stopped rather than kept running where
+    /// another node may start them.
     private func othersMayTakeOver() async -> Bool {
         if await !node.lease.witnesses.isEmpty { return true }
-        let others = await within(.seconds(1)) { () async -> [NodeRecord]? in
-            try? await node.catalog.members().filter { $0.name != node.name }
-        }
-        if let others, !others.isEmpty { await node.lease.seen(others) }
-        return !(others ?? []).isEmpty
+        guard let others = try? await node.catalog.members(by: .now + .seconds(1)).filter({ $0.name != node.name })
+        else { return node.configuration.network.underlay != nil }
+        if !others.isEmpty { await node.lease.seen(others) }
+        return !others.isEmpty
     }
 
     /// Past the self-fence point: the gateway addresses come off (another node may take

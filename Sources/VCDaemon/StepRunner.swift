@@ -131,21 +131,36 @@ struct StepRunner: Sendable {
                 return nil
             }
             if undo {
-                silent.insert(name)
-                // Its domains, bridges and rules are placed nowhere now: the node removes
-                // them itself when it comes back (see the reconciler), before it starts anything.
-                logger.warning(
-                    "node is down; it removes its share when it comes back",
-                    metadata: ["node": "\(name)", "step": "\(step)"])
+                leftToItself(name, step)
                 return nil
             }
             throw DaemonError.unavailable("node \(name) is not up (it holds no lease); \(step) cannot run there")
         }
-        return try await whileLive(target) {
-            try await node.peers.perform(
-                step, undo: undo, cluster: cluster, image: image, origins: origins, on: target)
+        do {
+            return try await whileLive(target) {
+                try await node.peers.perform(
+                    step, undo: undo, cluster: cluster, image: image, origins: origins, on: target)
+            }
+        } catch is LostMidway {
+            if undo {
+                leftToItself(name, step)
+                return nil
+            }
+            throw DaemonError.unavailable("node \(name) was lost (its lease expired) before \(step) was done there")
         }
     }
+
+    /// An undo on a node that is down: its domains, bridges and rules are placed nowhere
+    /// now, and the node removes them itself when it comes back (see the reconciler),
+    /// before it starts anything.
+    private func leftToItself(_ name: String, _ step: Step) {
+        silent.insert(name)
+        logger.warning(
+            "node is down; it removes its share when it comes back", metadata: ["node": "\(name)", "step": "\(step)"])
+    }
+
+    /// The node a step was sent to lost its lease before it answered.
+    private struct LostMidway: Error {}
 
     /// What `call` to `target` gives, given up once the catalog no longer lists `target` as
     /// live (its lease expired): a request to a node cut off waits on a connection that no
@@ -166,10 +181,7 @@ struct StepRunner: Sendable {
                     } catch {
                         // Unread: it says nothing about the node.
                     }
-                    if lost {
-                        throw DaemonError.unavailable(
-                            "node \(target.name) was lost (its lease expired) before it answered")
-                    }
+                    if lost { throw LostMidway() }
                 }
             }
             defer { group.cancelAll() }

@@ -313,6 +313,15 @@ public struct LeaseMachine: Sendable, Equatable {
         return tick(now: now)
     }
 
+    /// A live node that found this node lost (its registration gone from etcd) says so
+    /// before it fences the node and starts its VMs elsewhere. Lapsed, the node believes
+    /// it and self-fences at once; holding its lease, it cannot be lost (the lease lives at
+    /// least until the self-fence point): the word is stale, and ignored.
+    public mutating func toldLost(now: Instant) -> [Directive] {
+        guard case .lapsed(let tenure, let reason) = state else { return tick(now: now) }
+        return fence(tenure, reason: reason)
+    }
+
     /// Time passed: renew when due, lapse at the self-fence point, ask the other nodes
     /// when a renewal is late, register again when due. The shell calls it at
     /// ``nextWake`` at the latest, and first thing after any pause it may have had.

@@ -162,7 +162,9 @@ import VCModel
         defer { try? FileManager.default.removeItem(atPath: wrong) }
         let refused = try await bed.exec(
             node, [vcnode, "join", "--peer", peer, "--token-file", wrong, "--config", config])
-        #expect(refused.status != 0 && refused.stderr.split(separator: "\n").count == 1, "\(refused)")
+        #expect(
+            refused.status == 7 && refused.stderr.contains("refused the API token sent")
+                && refused.stderr.split(separator: "\n").count == 1, "\(refused)")
         #expect(!FileManager.default.fileExists(atPath: config) && !FileManager.default.fileExists(atPath: token))
 
         let joining = Task {

@@ -214,6 +214,23 @@ import Testing
         #expect(!m.watchdogMayPing)
     }
 
+    /// A live node that found this one lost says so before it starts its VMs elsewhere:
+    /// lapsed, the node self-fences at once; holding, it cannot have been lost, and the
+    /// word (stale, or about a registration it replaced) changes nothing.
+    @Test func toldLostByALiveNodeALapsedNodeSelfFencesAndAHoldingOneDoesNot() {
+        var holding = Self.holding()
+        #expect(Self.fences(holding.toldLost(now: Self.at(0.5))).isEmpty)
+        #expect(holding.lease(at: Self.at(0.5)) == 7)
+
+        var m = Self.holding()
+        _ = m.tick(now: Self.at(1))
+        _ = m.renewalFailed(lease: 7, sentAt: Self.at(1), now: Self.at(1.1))
+        #expect(Self.lapses(m.tick(now: Self.at(2))) == [.notRenewedInTime])
+        #expect(m.toldLost(now: Self.at(2.1)) == [.selfFence(lease: 7, reason: .notRenewedInTime)])
+        #expect(m.state == .fencing(lease: 7, reason: .notRenewedInTime, thenStop: false))
+        #expect(Self.fences(m.toldLost(now: Self.at(2.2))).isEmpty, "one self-fence, not two")
+    }
+
     @Test func aRenewalThatSucceedsAfterTheLapseHoldsTheLeaseAgain() {
         // An etcd election longer than the margin: renewals fail past the lapse, then one
         // sent at 2.5 s succeeds. The lease never expired (etcd renewed it), so nobody moved
