@@ -18,6 +18,8 @@ struct PeerJoin {
 
     /// Where vcd keeps its API token by default (`STATE/api-token`).
     static let tokenPath = API.defaultTokenFile
+    /// The id vcd made for this machine once (`STATE/machine-id`).
+    static let machineIDPath = "/var/lib/peerless/machine-id"
 
     func run() async throws {
         guard !FileManager.default.fileExists(atPath: config) else {
@@ -48,7 +50,13 @@ struct PeerJoin {
         } catch {
             throw ValidationError("this node's name from its host name: \(error); give one with --name")
         }
-        if let holder = nodes.first(where: { $0.record.name == name && $0.state != .dead }) {
+        // A live registration of the name made by this very machine (its vcd restarted, its
+        // machine id kept in the state directory) is this node's own.
+        let machine = (try? String(contentsOfFile: Self.machineIDPath, encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        if let holder = nodes.first(where: { $0.record.name == name && $0.state != .dead }),
+            holder.record.machine == nil || holder.record.machine != machine
+        {
             throw ValidationError(
                 "node name \(name) is in use by the live node at \(holder.record.api); give this node another with --name, or 'vcnode replace \(name)' once it is dead"
             )

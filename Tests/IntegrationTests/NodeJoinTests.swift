@@ -171,8 +171,16 @@ import VCModel
             try await bed.exec(
                 node, [vcnode, "join", "--peer", peer, "--token-file", bed.tokenFile, "--config", config])
         }
-        _ = try await eventually("\(node)'s vcd.yaml to be written", timeout: .seconds(30), every: .milliseconds(200)) {
-            (FileManager.default.fileExists(atPath: config) ? true : nil, "")
+        do {
+            _ = try await eventually(
+                "\(node)'s vcd.yaml to be written", timeout: .seconds(30), every: .milliseconds(200)
+            ) {
+                (FileManager.default.fileExists(atPath: config) ? true : nil, "")
+            }
+        } catch {
+            // It gave up before writing anything: what it said.
+            Issue.record("vcnode join --peer: \(try await joining.value)")
+            throw error
         }
         let written = try String(contentsOfFile: config, encoding: .utf8)
         #expect(written.contains("node: \"\(node)\""), "\(written)")
