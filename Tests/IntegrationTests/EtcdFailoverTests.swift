@@ -120,11 +120,9 @@ final class EtcdTrio {
         }
     }
 
-    func ridesOutOneDeadMemberAndNamesTheLostQuorum(_ trio: EtcdTrio) async throws {
-        for port in EtcdTrio.clientPorts + EtcdTrio.peerPorts {
-            let r = try await sh("ss", ["-Htln", "sport", "= :\(port)"])
-            try #require(r.stdout.isEmpty, "port \(port) is taken: \(r.stdout)")
-        }
+    /// Starts the three members and returns a client of all three once they serve (the
+    /// key holds "one" then).
+    static func serving(_ trio: EtcdTrio) async throws -> EtcdClient {
         for index in 0..<3 { try trio.start(index) }
         let client = EtcdClient(endpoints: trio.endpoints)
         _ = try await eventually("the three members to serve", timeout: .seconds(30)) {
@@ -135,6 +133,15 @@ final class EtcdTrio {
                 return (nil, "\(error)")
             }
         }
+        return client
+    }
+
+    func ridesOutOneDeadMemberAndNamesTheLostQuorum(_ trio: EtcdTrio) async throws {
+        for port in EtcdTrio.clientPorts + EtcdTrio.peerPorts {
+            let r = try await sh("ss", ["-Htln", "sport", "= :\(port)"])
+            try #require(r.stdout.isEmpty, "port \(port) is taken: \(r.stdout)")
+        }
+        let client = try await Self.serving(trio)
         #expect(try await client.get(Self.key)?.value == Array("one".utf8))
         let lease = try await client.grantLease(ttlSeconds: 30)
 
@@ -214,16 +221,7 @@ final class EtcdTrio {
         let trio = try EtcdTrio()
         defer { trio.stopAll() }
         do {
-            for index in 0..<3 { try trio.start(index) }
-            let client = EtcdClient(endpoints: trio.endpoints)
-            _ = try await eventually("the three members to serve", timeout: .seconds(30)) {
-                do {
-                    try await client.put(Self.key, Array("one".utf8))
-                    return (true, "")
-                } catch {
-                    return (nil, "\(error)")
-                }
-            }
+            let client = try await Self.serving(trio)
             let lease = try await client.grantLease(ttlSeconds: 30)
             let preferred = try #require(trio.endpoints.firstIndex(of: client.endpoint))
             // A follower, so that the other two keep their quorum and leader.
