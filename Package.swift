@@ -102,10 +102,7 @@ let package = Package(
 
         .testTarget(
             name: "UnitTests",
-            dependencies: [
-                "VCModel", "VCStorage", "VCCatalog", "VCDaemon", "VCNetwork", "ISCSI", "Libvirt",
-                .product(name: "Hummingbird", package: "hummingbird"),
-            ]),
+            dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon", "VCNetwork", "ISCSI", "Libvirt"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
