@@ -102,7 +102,10 @@ let package = Package(
 
         .testTarget(
             name: "UnitTests",
-            dependencies: ["VCModel", "VCStorage", "VCCatalog", "VCDaemon", "VCNetwork", "ISCSI", "Libvirt"]),
+            dependencies: [
+                "VCModel", "VCStorage", "VCCatalog", "VCDaemon", "VCNetwork", "ISCSI", "Libvirt",
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [

@@ -7,7 +7,8 @@
 # and vcd. The hub namespace pl-hub holds the bridge and is where clients run.
 #
 #   scripts/testbed.sh up N [--no-vcd] | down | status | env
-#   scripts/testbed.sh kill|restart|wipe NODE
+#   scripts/testbed.sh kill|restart|wipe NODE   (restart starts no vcd if NODE has no vcd.yaml)
+#   scripts/testbed.sh start-vcd NODE            (a restarted node's vcd, once its vcd.yaml is written)
 #   scripts/testbed.sh pause|unpause NODE [--all]
 #   scripts/testbed.sh partition NODE... [--in|--out] [--etcd-only] | heal [NODE...]
 #   scripts/testbed.sh exec NODE|hub CMD...
@@ -37,7 +38,7 @@ say() { echo "testbed: $*"; }
 die() { echo "testbed: $*" >&2; exit 1; }
 
 usage() {
-  sed -n '9,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '9,14p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -609,11 +610,27 @@ cmd_restart() { # NODE: bring a killed (or wiped) node's daemons back with its d
   local checks=() a
   while IFS= read -r a; do checks+=("$a"); done < <(start_system_daemons "$n")
   await_all "${checks[@]}"
-  if [ -f "$tb/vcd-binary" ]; then
+  if [ -f "$tb/vcd-binary" ] && [ -f "$tb/$n/vcd.yaml" ]; then
     start_vcd "$(cat "$tb/vcd-binary")" "$n"
     await vcd vcd_ok "$n"
+  elif [ -f "$tb/vcd-binary" ]; then
+    say "restarted $n without vcd: $tb/$n/vcd.yaml is missing (write it, then: $0 start-vcd $n)"
+    return
   fi
   say "restarted $n"
+}
+
+cmd_start_vcd() { # NODE: start the vcd of a node restarted without one
+  [ $# = 1 ] || usage
+  known "$1"
+  local n=$1
+  [ -f "$tb/vcd-binary" ] || die "this testbed runs no vcd (it was made with --no-vcd)"
+  [ -f "$tb/$n/vcd.yaml" ] || die "node $n has no vcd.yaml ($tb/$n/vcd.yaml)"
+  alive "$n" holder || die "node $n is not running; restart it first: $0 restart $n"
+  if alive "$n" vcd; then die "node $n's vcd runs already"; fi
+  start_vcd "$(cat "$tb/vcd-binary")" "$n"
+  await vcd vcd_ok "$n"
+  say "started vcd on $n"
 }
 
 cmd_wipe() { # NODE: remove a killed node's namespace and files
@@ -783,6 +800,7 @@ case "$cmd" in
   down) cmd_down ;;
   kill) cmd_kill "$@" ;;
   restart) cmd_restart "$@" ;;
+  start-vcd) cmd_start_vcd "$@" ;;
   wipe) cmd_wipe "$@" ;;
   pause) [ $# -ge 1 ] || usage; signal_node STOP "$@" ;;
   unpause) [ $# -ge 1 ] || usage; signal_node CONT "$@" ;;

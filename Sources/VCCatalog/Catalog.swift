@@ -357,13 +357,15 @@ public struct Catalog: Sendable {
     }
 
     /// The lease a node's live key is under, nil when it is not registered.
-    public func registrationLease(_ name: String) async throws(CatalogError) -> Int64? {
-        try await etcd.get(nodeKey(name))?.lease
+    public func registrationLease(_ name: String, by deadline: ContinuousClock.Instant? = nil)
+        async throws(CatalogError) -> Int64?
+    {
+        try await etcd.get(nodeKey(name), by: deadline)?.lease
     }
 
     /// Every node that ever registered, alive or not.
-    public func members() async throws(CatalogError) -> [NodeRecord] {
-        try await readAll("\(prefix)/members/").map(\.value)
+    public func members(by deadline: ContinuousClock.Instant? = nil) async throws(CatalogError) -> [NodeRecord] {
+        try await readAll("\(prefix)/members/", by: deadline).map(\.value)
     }
 
     /// Nodes closed to new VMs, with the reason given.
@@ -434,6 +436,15 @@ public struct Catalog: Sendable {
         try await readAll("\(prefix)/nodes/").map(\.value)
     }
 
+    /// The lease each live node's registration is under, by node name.
+    public func registrationLeases() async throws(CatalogError) -> [String: Int64] {
+        var out: [String: Int64] = [:]
+        for kv in try await etcd.list(prefix: "\(prefix)/nodes/") {
+            out[String(kv.key.dropFirst("\(prefix)/nodes/".count))] = kv.lease
+        }
+        return out
+    }
+
     // MARK: encoding
 
     private struct Envelope<T: Codable>: Codable {
@@ -476,9 +487,11 @@ public struct Catalog: Sendable {
         return Versioned(value: try decode(kv), modRevision: kv.modRevision)
     }
 
-    func readAll<T: Codable & Sendable>(_ prefix: String) async throws(CatalogError) -> [Versioned<T>] {
+    func readAll<T: Codable & Sendable>(_ prefix: String, by deadline: ContinuousClock.Instant? = nil)
+        async throws(CatalogError) -> [Versioned<T>]
+    {
         var out: [Versioned<T>] = []
-        for kv in try await etcd.list(prefix: prefix) {
+        for kv in try await etcd.list(prefix: prefix, by: deadline) {
             out.append(Versioned(value: try decode(kv), modRevision: kv.modRevision))
         }
         return out

@@ -206,22 +206,30 @@ public struct EtcdClient: Sendable {
     /// The member the next request goes to first: the one that answered last.
     public var endpoint: String { preferred.state.endpoint }
 
-    public func get(_ key: String) async throws(CatalogError) -> KeyValue? {
-        let r: RangeResponse = try await call("/v3/kv/range", ["key": b64(key)])
+    /// - Parameter deadline: the request ends by then at the latest (else by the client's
+    ///   timeout), and the members to try share the time left.
+    public func get(_ key: String, by deadline: ContinuousClock.Instant? = nil) async throws(CatalogError)
+        -> KeyValue?
+    {
+        let r: RangeResponse = try await call("/v3/kv/range", ["key": b64(key)], by: deadline)
         guard let first = r.kvs?.first else { return nil }
         return try first.decoded()
     }
 
     /// Every key under `prefix`, sorted by key.
-    public func list(prefix: String) async throws(CatalogError) -> [KeyValue] {
-        try await snapshot(prefix: prefix).kvs
+    public func list(prefix: String, by deadline: ContinuousClock.Instant? = nil) async throws(CatalogError)
+        -> [KeyValue]
+    {
+        try await snapshot(prefix: prefix, by: deadline).kvs
     }
 
     /// Every key under `prefix` with the revision they were read at: where a watch of the
     /// prefix takes over (from `revision + 1`).
-    public func snapshot(prefix: String) async throws(CatalogError) -> PrefixSnapshot {
+    public func snapshot(prefix: String, by deadline: ContinuousClock.Instant? = nil) async throws(CatalogError)
+        -> PrefixSnapshot
+    {
         let r: RangeResponse = try await call(
-            "/v3/kv/range", ["key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix))])
+            "/v3/kv/range", ["key": b64(prefix), "range_end": b64(Self.prefixEnd(prefix))], by: deadline)
         var out: [KeyValue] = []
         out.reserveCapacity(r.kvs?.count ?? 0)
         for kv in r.kvs ?? [] { out.append(try kv.decoded()) }
@@ -363,23 +371,36 @@ public struct EtcdClient: Sendable {
         return (id, ttl)
     }
 
-    /// Renews a lease once; returns the remaining TTL, 0 when the lease is gone.
-    public func keepAlive(lease: Int64) async throws(CatalogError) -> Int {
-        let r: KeepAliveResponse = try await call("/v3/lease/keepalive", ["ID": String(lease)])
-        return r.result?.ttl.flatMap(Int.init) ?? 0
+    /// Renews a lease once; returns the remaining TTL, 0 when the lease is gone (etcd
+    /// leaves the TTL out then). An error etcd puts in the stream instead of a result is
+    /// thrown, never taken for a lease that is gone.
+    ///
+    /// - Parameter deadline: as for ``get(_:by:)``: a renewal bounded by the lease's own
+    ///   deadline must reach a live member within it, not spend it all waiting on a dead one.
+    public func keepAlive(lease: Int64, by deadline: ContinuousClock.Instant? = nil) async throws(CatalogError)
+        -> Int
+    {
+        let r: KeepAliveResponse = try await call("/v3/lease/keepalive", ["ID": String(lease)], by: deadline)
+        guard let result = r.result else {
+            throw .rejected(
+                endpoint: endpoint, status: 200, message: r.error?.message ?? "lease keep-alive without a result")
+        }
+        return result.ttl.flatMap(Int.init) ?? 0
     }
 
     /// How long a lease has left as etcd's leader counts it, in seconds rounded up; -1
     /// when it is gone (expired and revoked, or never existed); nil when the answer says
     /// neither (the gateway leaves a zero out, so an answer without a TTL cannot be told
     /// from one that lacks it for another reason). Any client may ask about any lease.
-    public func timeToLive(lease: Int64) async throws(CatalogError) -> Int? {
-        let r: LeaseTimeToLive = try await call("/v3/lease/timetolive", ["ID": String(lease)])
+    public func timeToLive(lease: Int64, by deadline: ContinuousClock.Instant? = nil) async throws(CatalogError)
+        -> Int?
+    {
+        let r: LeaseTimeToLive = try await call("/v3/lease/timetolive", ["ID": String(lease)], by: deadline)
         return r.ttl.flatMap(Int.init)
     }
 
-    public func revoke(lease: Int64) async throws(CatalogError) {
-        let _: Header = try await call("/v3/lease/revoke", ["ID": String(lease)])
+    public func revoke(lease: Int64, by deadline: ContinuousClock.Instant? = nil) async throws(CatalogError) {
+        let _: Header = try await call("/v3/lease/revoke", ["ID": String(lease)], by: deadline)
     }
 
     // MARK: - membership
@@ -504,7 +525,8 @@ public struct EtcdClient: Sendable {
     }
 
     private func call<R: Decodable>(
-        _ path: String, _ body: [String: Any], resendingLostReplies: Bool = true
+        _ path: String, _ body: [String: Any], resendingLostReplies: Bool = true,
+        by deadline: ContinuousClock.Instant? = nil
     ) async throws(CatalogError) -> R {
         let data: Data
         do {
@@ -513,8 +535,9 @@ public struct EtcdClient: Sendable {
             throw .rejected(endpoint: endpoint, status: 0, message: "request could not be encoded: \(error)")
         }
         let members = preferred.state
+        let own = ContinuousClock.now + Duration(timeout)
         var round = EndpointFailover(
-            endpoints: members.endpoints, preferred: members.preferred, deadline: .now + Duration(timeout),
+            endpoints: members.endpoints, preferred: members.preferred, deadline: min(own, deadline ?? own),
             resendingLostReplies: resendingLostReplies)
         while let attempt = round.next(now: .now) {
             if Task.isCancelled { throw .unreachable(endpoint: endpoint, reason: "the request was cancelled") }
@@ -537,6 +560,17 @@ public struct EtcdClient: Sendable {
                     continue
                 }
                 preferred.prefer(members.endpoints[attempt.member])
+                throw error
+            }
+            // A streaming call (the keep-alive) gets etcd's error inside a 200 answer: it is
+            // handled as the same error in a status would be (another member tried).
+            if let failure = (try? JSONDecoder().decode(StreamedError.self, from: raw))?.error {
+                let message = failure.message ?? "an error without a message"
+                let error = CatalogError.rejected(endpoint: endpoint, status: failure.httpCode ?? 500, message: message)
+                if error.isRetryable {
+                    round.failed(.refused(status: failure.httpCode ?? 500, message: message))
+                    continue
+                }
                 throw error
             }
             preferred.prefer(members.endpoints[attempt.member])
@@ -755,6 +789,20 @@ struct EndpointFailover: Sendable {
 
 // grpc-gateway renders int64 as strings and leaves out zero values.
 private struct Header: Decodable {}
+/// `{"error": {"grpc_code": 14, "http_code": 503, "message": "etcdserver: no leader"}}`, as
+/// the gateway streams it.
+private struct StreamedError: Decodable {
+    struct Failure: Decodable {
+        var message: String?
+        var httpCode: Int?
+        enum CodingKeys: String, CodingKey {
+            case message
+            case httpCode = "http_code"
+        }
+    }
+    var error: Failure?
+}
+
 private struct GatewayError: Decodable {
     var error: String?
     var message: String?
@@ -813,6 +861,7 @@ private struct KeepAliveResponse: Decodable {
         enum CodingKeys: String, CodingKey { case ttl = "TTL" }
     }
     var result: Result?
+    var error: GatewayError?
 }
 struct WireKV: Decodable {
     var key: String

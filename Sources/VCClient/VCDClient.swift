@@ -86,7 +86,7 @@ public struct VCDClient: Sendable {
     /// sees the files this process sees.
     public var isLocal: Bool { endpoint.hasPrefix("unix://") || Self.isLoopback(endpoint) }
 
-    static func isLoopback(_ endpoint: String) -> Bool {
+    public static func isLoopback(_ endpoint: String) -> Bool {
         guard let host = URL(string: endpoint)?.host?.lowercased() else { return false }
         return host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
     }

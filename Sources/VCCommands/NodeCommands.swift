@@ -223,14 +223,69 @@ struct NodeJoinCommand: AsyncParsableCommand {
             not answer is listed (etcd adds no member then: 'vcnode replace' it) or another \
             learner is catching up. A learner that does not catch up is removed again. Run \
             again, it finishes what an interrupted run left.
+
+            With --peer, a node with no vcd configuration yet gets it first from a node of the \
+            cluster: the etcd members, prefix and timers, the lease TTL and the network settings, \
+            with this node's own name, address and role, written to --config; the API token \
+            comes from --token-file (copied from any node) and is put where vcd reads it, \
+            readable by root alone. Then it waits for vcd on this node to start and joins.
             """)
 
     @OptionGroup var global: GlobalOptions
 
+    @Option(
+        help: ArgumentHelp(
+            "Configure this node from a node of the cluster first: that node's API (the token is --token-file's).",
+            valueName: "host[:port]"))
+    var peer: String?
+
+    @Option(help: "With --peer: the vcd configuration file to write.", completion: .file())
+    var config = Self.defaultConfig
+    static let defaultConfig = "/etc/peerless/vcd.yaml"
+
+    @Option(help: "With --peer: this node's name (default: from its host name).")
+    var name: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --peer: this node's address between the nodes (default: the one it reaches the peer from).",
+            valueName: "address"))
+    var underlay: String?
+
+    @Option(help: "With --peer: what this node does, compute or storage.")
+    var role: NodeRole = .compute
+
+    @Option(help: "With --peer: seconds to wait for vcd on this node to start (0: write the configuration only).")
+    var wait = 120
+
+    /// Checked in `run`, not `validate`, so that a bad value gets one line, not a usage page.
+    func check() throws {
+        if peer == nil,
+            name != nil || underlay != nil || role != .compute || config != Self.defaultConfig || wait != 120
+        {
+            throw ValidationError(
+                "--name, --underlay, --role, --config and --wait configure a node from a peer: give --peer too")
+        }
+        if role == .etcd { throw ValidationError("--role: compute or storage (an etcd member is what join gives)") }
+        if let name { try NameRule.checkNode(name) }
+    }
+
     func run() async throws {
-        try await CLI.run { try await NodeSeat.take(replacing: nil, global: global) }
+        try await CLI.run {
+            try check()
+            if let peer {
+                try await PeerJoin(
+                    peer: peer, config: config, name: name, underlay: underlay, role: role, waitSeconds: wait,
+                    global: global
+                ).run()
+            } else {
+                try await NodeSeat.take(replacing: nil, global: global)
+            }
+        }
     }
 }
+
+extension NodeRole: ExpressibleByArgument {}
 
 struct NodeReplaceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import Libvirt
 import NIOCore
+import VCClient
 import VCHost
 import VCModel
 import VCStorage
@@ -22,6 +23,8 @@ struct APIRoutes: Sendable {
         let v = "/\(API.version)"
         router.get("\(v)/node") { _, _ in try await respond { try await nodeStatus() } }
         router.get("\(v)/nodes") { _, _ in try await respond { try await nodeSummaries() } }
+        // What a node being brought in shares with the cluster (`vcnode join --peer`).
+        router.get("\(v)/join-configuration") { _, _ in try await respond { try await joinConfiguration() } }
         // The technician's hot-swap calls (vcnode), for any node.
         let drains = NodeDrain(node: node, lifecycle: lifecycle)
         router.post("\(v)/nodes/:name/cordon") { request, context in
@@ -130,6 +133,12 @@ struct APIRoutes: Sendable {
                     try await runner.undoHere(step)
                     return StepNote(note: nil)
                 }
+                // Without its lease, a node may be the one the others have found lost:
+                // what it would start now may be started elsewhere too. Undos are fine.
+                guard await node.lease.id != nil else {
+                    throw DaemonError.unavailable(
+                        "node \(node.name) holds no lease now (cut off from etcd?); \(step) cannot run there")
+                }
                 return StepNote(note: try await runner.performHere(step))
             }
         }
@@ -143,10 +152,27 @@ struct APIRoutes: Sendable {
         router.post("\(v)/lease") { request, context in
             try await respond { () async throws -> LeaseAnswer in
                 let body = try await decode(LeaseQuestion.self, request, context)
-                let seconds = await within(.milliseconds(700)) { () async -> Int? in
-                    (try? await node.catalog.etcd.timeToLive(lease: body.lease)) ?? nil
-                }
+                // Answered within 0.7 s, the asker waiting 1 s: the members share the time.
+                let seconds = try? await node.catalog.etcd.timeToLive(lease: body.lease, by: .now + .milliseconds(700))
                 return LeaseAnswer(seconds: seconds)
+            }
+        }
+        // A live node found this one lost (see NodeLossRecovery). Holding its lease, or
+        // another one than named (it registered again since, or the call is late), this
+        // node is not: nothing is done. Else every VM stops now, before the others start
+        // them elsewhere.
+        router.post("\(v)/lost") { request, context in
+            try await respond { () async throws -> LostAnswer in
+                let body = try await decode(LostCall.self, request, context)
+                guard await node.lease.id == nil, await node.lease.last == body.lease else {
+                    return LostAnswer(stopped: nil)
+                }
+                let stopped = await NodeLease.stopEveryGuest(node)
+                node.logger.critical(
+                    "self-fenced: every VM of this node is stopped",
+                    metadata: ["reason": "toldLost", "by": "\(body.by)", "stopped": "\(stopped)"])
+                await node.lease.toldLost()
+                return LostAnswer(stopped: stopped)
             }
         }
         // Fencing a dead node's incarnations, asked of the storage node (see NodeLossRecovery).
@@ -276,6 +302,35 @@ struct APIRoutes: Sendable {
     /// Every node the cluster knows, with its state, roles and what is placed on it. A node
     /// whose underlay address serves an etcd member (voting or learner) is an etcd member.
     func nodeSummaries() async throws -> [NodeSummary] { try await Self.summaries(node) }
+
+    /// This node's cluster-wide settings, with etcd's voting members as etcd lists them
+    /// (members joined since included, removed ones not).
+    func joinConfiguration() async throws -> JoinConfiguration {
+        let c = node.configuration
+        // Only the URLs another machine can reach: a member on loopback alone means a
+        // single-machine setup, which no other node can join.
+        let reachable = { (url: String) in !VCDClient.isLoopback(url) }
+        let voters = try await node.catalog.etcd.members().filter { !$0.isLearner }
+        if let local = voters.first(where: { !$0.clientURLs.isEmpty && !$0.clientURLs.contains(where: reachable) }) {
+            throw DaemonError.invalid(
+                "etcd member \(local.name) answers on loopback only (\(local.clientURLs.joined(separator: ", "))): a single-machine setup, which no other node can join"
+            )
+        }
+        let listed = voters.flatMap(\.clientURLs).filter(reachable)
+        let endpoints = listed.isEmpty ? c.etcd.allEndpoints.filter(reachable) : listed
+        guard !endpoints.isEmpty else {
+            throw DaemonError.invalid(
+                "node \(node.name)'s etcd answers on loopback only: a single-machine setup, which no other node can join"
+            )
+        }
+        return JoinConfiguration(
+            etcdEndpoints: endpoints, etcdPrefix: c.etcd.prefix,
+            memberHeartbeatMilliseconds: c.etcd.member.heartbeatMilliseconds,
+            memberElectionMilliseconds: c.etcd.member.electionMilliseconds, memberArguments: c.etcd.member.arguments,
+            replaceDeadMemberAfterSeconds: c.etcd.replaceDeadMemberAfterSeconds, leaseTTLSeconds: c.leaseTTLSeconds,
+            reconcileIntervalSeconds: c.reconcileIntervalSeconds, networkPrefix: c.network.prefix,
+            bridgePrefix: c.network.bridgePrefix, apiPort: c.api.port)
+    }
 
     static func summaries(_ node: PeerNode) async throws -> [NodeSummary] {
         let world = try await PlacementWorld.read(node)

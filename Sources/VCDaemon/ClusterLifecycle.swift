@@ -534,7 +534,7 @@ public struct ClusterLifecycle: Sendable {
         }
         guard await record(operation, outcome: outcome, events: events), outcome.state == target else { return }
         node.logger.info(
-            "\(operation.kind.rawValue)d",
+            "\(operation.kind.done)",
             metadata: ["cluster": "\(cluster.name)", "seconds": "\(ContinuousClock.now - started)"])
         events.yield(
             OperationEvent(kind: .done, message: "cluster \(cluster.name) is \(target.rawValue)", cluster: outcome))

@@ -206,9 +206,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     static func defaultNodeName() -> String {
         var buf = [CChar](repeating: 0, count: 256)
         gethostname(&buf, buf.count)
-        let host = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let label = host.split(separator: ".").first.map(String.init) ?? "node"
-        let cleaned = String(label.lowercased().map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "-" })
-        return cleaned.first?.isLetter == true ? cleaned : "node-" + cleaned
+        return Naming.nodeName(
+            host: String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
     }
 }

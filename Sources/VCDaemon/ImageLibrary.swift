@@ -215,6 +215,9 @@ public struct ImageLibrary: Sendable {
     /// runs (a previous vcd's, or one whose discard could not reach the storage node), and,
     /// on the storage node, those of importers that hold no lease any more.
     func recover() async {
+        // Not before the node's name is known to be this machine's: another machine's
+        // imports under it would be discarded while they run.
+        guard await node.lease.nameTaken == false else { return }
         guard let images = try? await node.catalog.images(), images.contains(where: { $0.state == .importing })
         else { return }
         let live = try? await Set(node.catalog.nodes().map(\.name))

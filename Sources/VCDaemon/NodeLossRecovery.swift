@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import VCCatalog
 import VCModel
 
@@ -12,6 +13,8 @@ import VCModel
 struct NodeLossRecovery: Sendable {
     let node: PeerNode
     let lifecycle: ClusterLifecycle
+    /// The lease each node's registration was last seen under, kept once it is gone.
+    private let lastLeases = LastLeases()
 
     static let period = Duration.milliseconds(RecoveryBudget.pollMilliseconds)
 
@@ -31,9 +34,11 @@ struct NodeLossRecovery: Sendable {
         let plan: (fences: [NodeLoss.Fence], recoveries: [NodeLoss.Recovery])
         do {
             // Most passes end here: every node that ever registered holds its lease.
-            async let live = node.catalog.nodes()
+            async let live = node.catalog.registrationLeases()
             async let members = node.catalog.members()
-            let alive = Set(try await live.map(\.name))
+            let leases = try await live
+            lastLeases.remember(leases)
+            let alive = Set(leases.keys)
             let registered = try await members
             await node.lease.seen(registered.filter { $0.name != node.name })
             let everyone = Set(registered.map(\.name))
@@ -70,12 +75,18 @@ struct NodeLossRecovery: Sendable {
         logger.warning(
             "node lost: fencing its incarnations at the storage", metadata: ["vms": "\(fence.initiators.count)"])
         let started = ContinuousClock.now
+        // Told first, beside the fence: a node cut off from etcd alone still hears it, and
+        // stops its VMs before they start elsewhere (its own questions are slower).
+        async let told = tellLost(fence.node)
         do {
             let storage = try await node.storageNode()
             if storage.name == node.name {
                 try await node.disks.fence(initiators: Set(fence.initiators))
             } else {
                 try await node.peers.fence(fence.initiators, on: storage)
+            }
+            if let stopped = await told {
+                logger.notice("the lost node stopped its VMs", metadata: ["stopped": "\(stopped)"])
             }
             try await node.catalog.recordFenced(
                 NodeLoss.Fenced(node: fence.node, initiators: Set(fence.initiators), by: node.name, at: node.now()))
@@ -84,6 +95,16 @@ struct NodeLossRecovery: Sendable {
             logger.error("fencing failed; it is tried again", metadata: ["error": "\(DaemonError.from(error))"])
             try? await node.catalog.dropFencing(fence.node, by: node.name)
         }
+    }
+
+    /// How many VMs the lost node said it stopped; nil when it did not answer in time, holds
+    /// a lease, or was never seen alive by this vcd (nothing to name its lease by).
+    private func tellLost(_ name: String) async -> Int? {
+        guard let lease = lastLeases.last(name), let record = try? await node.member(name) else { return nil }
+        // Half a second: the node acts on the call as it arrives, and starting its VMs
+        // elsewhere takes longer than destroying them there; one that cannot be reached
+        // (cut off from everything) stopped them at its lapse, all the others silent.
+        return await node.peers.tellLost(record, lease: lease, by: node.name, within: .milliseconds(500))?.stopped
     }
 
     private func recover(_ recovery: NodeLoss.Recovery) async {
@@ -122,4 +143,13 @@ struct NodeLossRecovery: Sendable {
             logger.warning("cluster degraded", metadata: ["reason": "\(reason)"])
         } catch {}
     }
+}
+
+/// The lease each node's registration was last seen under, across passes.
+private final class LastLeases: Sendable {
+    private let leases = Mutex<[String: Int64]>([:])
+
+    func remember(_ seen: [String: Int64]) { leases.withLock { $0.merge(seen) { _, new in new } } }
+
+    func last(_ node: String) -> Int64? { leases.withLock { $0[node] } }
 }

@@ -89,6 +89,29 @@ struct PeerCalls: Sendable {
     }
 }
 
+/// A live node tells a node it found lost (its registration gone from etcd), before it
+/// fences it: one cut off from etcd but not from the others stops its VMs at once.
+struct LostCall: Codable, Sendable {
+    /// The lease its registration was last seen under: a node that holds another one now
+    /// (it registered again), or got the call late, is not the one found lost.
+    var lease: Int64
+    var by: String
+}
+/// How many VMs the node stopped; nil when it holds its lease (it was not lost).
+struct LostAnswer: Codable, Sendable { var stopped: Int? }
+
+extension PeerCalls {
+    /// Tells `record`'s vcd that it was found lost; its answer, nil if none came in `bound`.
+    func tellLost(_ record: NodeRecord, lease: Int64, by finder: String, within bound: Duration) async
+        -> LostAnswer?
+    {
+        await within(bound) { () async -> LostAnswer? in
+            try? await client(record).post(
+                "/\(API.version)/internal/lost", body: LostCall(lease: lease, by: finder), timeout: bound)
+        }
+    }
+}
+
 /// A node whose lease ran out asks another how long etcd gives that lease.
 struct LeaseQuestion: Codable, Sendable { var lease: Int64 }
 /// etcd's answer (seconds left, -1 expired), nil when etcd did not answer in time.

@@ -20,6 +20,8 @@ public struct Reconciler: Service, CustomStringConvertible {
     let images: ImageLibrary
     /// Since when each dead node has been seen dead (`EtcdSeatKeeper`).
     private let deaths = DeathClock()
+    /// How long the first pass waits for the node's first registration to be answered.
+    static let firstRegistrationWait = Duration.seconds(15)
     public func run() async throws {
         await withDiscardingTaskGroup { group in
             // Beside the passes, on its own faster clock: a dead node's VMs are back
@@ -31,6 +33,15 @@ public struct Reconciler: Service, CustomStringConvertible {
     }
 
     private func passes() async {
+        // The first pass waits for the node's first registration to be answered (a
+        // moment, unless etcd cannot be reached): before it, another machine may hold
+        // this node's name, and its VMs and operations are not this vcd's to repair.
+        let asked = ContinuousClock.now
+        while await node.lease.nameTaken == nil, ContinuousClock.now - asked < Self.firstRegistrationWait,
+            !Task.isShuttingDownGracefully, !Task.isCancelled
+        {
+            try? await Task.sleep(for: .milliseconds(100))
+        }
         await images.recover()
         let seconds = node.configuration.reconcileIntervalSeconds
         await pass()
@@ -47,9 +58,15 @@ public struct Reconciler: Service, CustomStringConvertible {
     func pass() async {
         let members = await followEtcdMembers()
         // A second machine given a live node's name repairs nothing of that node's.
-        if await node.lease.nameTaken {
+        switch await node.lease.nameTaken {
+        case true?:
             node.logger.warning("reconcile skipped: another machine holds this node's name")
             return
+        case nil:
+            node.logger.warning("reconcile skipped: this node has not registered yet (is etcd reachable?)")
+            return
+        case false?:
+            break
         }
         await recoverOperations()
         await reconcile()

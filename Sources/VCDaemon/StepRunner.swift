@@ -131,19 +131,66 @@ struct StepRunner: Sendable {
                 return nil
             }
             if undo {
-                silent.insert(name)
-                // Its domains, bridges and rules are placed nowhere now: the node removes
-                // them itself when it comes back (see the reconciler), before it starts anything.
-                logger.warning(
-                    "node is down; it removes its share when it comes back",
-                    metadata: ["node": "\(name)", "step": "\(step)"])
+                leftToItself(name, step)
                 return nil
             }
             throw DaemonError.unavailable("node \(name) is not up (it holds no lease); \(step) cannot run there")
         }
-        return try await node.peers.perform(
-            step, undo: undo, cluster: cluster, image: image, origins: origins, on: target)
+        do {
+            return try await whileLive(target) {
+                try await node.peers.perform(
+                    step, undo: undo, cluster: cluster, image: image, origins: origins, on: target)
+            }
+        } catch is LostMidway {
+            if undo {
+                leftToItself(name, step)
+                return nil
+            }
+            throw DaemonError.unavailable("node \(name) was lost (its lease expired) before \(step) was done there")
+        }
     }
+
+    /// An undo on a node that is down: its domains, bridges and rules are placed nowhere
+    /// now, and the node removes them itself when it comes back (see the reconciler),
+    /// before it starts anything.
+    private func leftToItself(_ name: String, _ step: Step) {
+        silent.insert(name)
+        logger.warning(
+            "node is down; it removes its share when it comes back", metadata: ["node": "\(name)", "step": "\(step)"])
+    }
+
+    /// The node a step was sent to lost its lease before it answered.
+    private struct LostMidway: Error {}
+
+    /// What `call` to `target` gives, given up once the catalog no longer lists `target` as
+    /// live (its lease expired): a request to a node cut off waits on a connection that no
+    /// longer carries anything, up to the step timeout, and the operation (a recovery of
+    /// another lost node, say) would wait with it. A catalog that cannot be read says
+    /// nothing.
+    private func whileLive(_ target: NodeRecord, _ call: @escaping @Sendable () async throws -> String?)
+        async throws -> String?
+    {
+        try await withThrowingTaskGroup(of: String?.self) { group in
+            group.addTask { try await call() }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: Self.livenessInterval)
+                    var lost = false
+                    do {
+                        lost = try await node.liveNode(target.name) == nil
+                    } catch {
+                        // Unread: it says nothing about the node.
+                    }
+                    if lost { throw LostMidway() }
+                }
+            }
+            defer { group.cancelAll() }
+            return try await group.next() ?? nil
+        }
+    }
+
+    /// How often a node carrying out a step is checked for life.
+    static let livenessInterval = Duration.seconds(1)
 
     // MARK: - this node's share
 

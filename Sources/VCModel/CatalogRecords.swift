@@ -194,7 +194,17 @@ public struct ClusterOperation: Codable, Sendable, Equatable {
     /// `migrate` moves running VMs to other nodes while their guests run (a drain); the
     /// cluster record places them at their destination from the start, and `origins`
     /// says where each one ran before.
-    public enum Kind: String, Codable, Sendable { case create, destroy, suspend, resume, recover, migrate }
+    public enum Kind: String, Codable, Sendable {
+        case create, destroy, suspend, resume, recover, migrate
+
+        /// "created", "suspended", …: what the log says once it is done.
+        public var done: String {
+            switch self {
+            case .create, .resume, .migrate: rawValue + "d"
+            case .destroy, .suspend, .recover: rawValue + "ed"
+            }
+        }
+    }
 
     /// Where a migrating VM ran: its node and the generation of its incarnation there.
     public struct Origin: Codable, Sendable, Equatable {

@@ -1,22 +1,32 @@
-/// The node lease as a state machine: it decides when to register, renew and self-fence,
-/// and the shell (`NodeLease` in VCDaemon) only carries its directives out and reports
-/// what etcd answered. It never reads a clock: every event carries `now`, taken by the
-/// shell from `ContinuousClock` (CLOCK_BOOTTIME on Linux, so a host that was suspended
-/// sees the time that passed meanwhile, as etcd's members did).
+/// The node lease as a state machine: it decides when to register, renew, give up the
+/// node's roles, ask the other nodes and self-fence, and the shell (`NodeLease` in
+/// VCDaemon) only carries its directives out and reports what etcd and the other nodes
+/// answered. It never reads a clock: every event carries `now`, taken by the shell from
+/// `ContinuousClock` (CLOCK_BOOTTIME on Linux, so a host that was suspended sees the time
+/// that passed meanwhile, as etcd's members did).
 ///
 /// What etcd promises (`shared/notes/multinode.md`): a TTL is a minimum. The lease cannot
 /// expire on etcd's side before `send time of the last renewal that succeeded + the TTL
 /// etcd granted`, because etcd took that renewal no earlier than it was sent; it may well
 /// live longer (the expiry scan runs every 0.5 s, and a new etcd leader gives every lease
 /// its full TTL again plus an election timeout). So the node counts from the send time,
-/// never from the reply, never from what etcd reports after a leader change, and gives up
-/// everything it does under the lease a margin before that instant: by then it may be
-/// dead to the others, who fence it at the storage and start its VMs elsewhere.
+/// never from the reply, never from what etcd reports after a leader change.
+///
+/// A margin before that instant (the self-fence point) the node *lapses*: it acts under
+/// the lease no more (no key written under it, gateway addresses off). Its VMs keep
+/// running until the other nodes say the lease is gone (``SelfFence``): they start the
+/// VMs elsewhere only after that, and a node that stopped its VMs at every late renewal
+/// would stop healthy VMs at each etcd election, or lose them all when etcd has no quorum
+/// anywhere (nobody can take them over then). While lapsed it keeps renewing: a renewal
+/// that succeeds proves the lease never expired, so nobody moved its VMs, and the node
+/// holds the lease again. etcd saying the lease is gone, or the other nodes saying so,
+/// makes it self-fence: every VM destroyed. The witnesses are asked from the moment a
+/// renewal is late, so that a node cut off from everyone stops right at its lapse.
 ///
 /// After a self-fence the node never acts under that lease again: replies about it are
-/// ignored, ``lease(at:)`` no longer returns it, and the registration that follows says
-/// which lease was fenced, so that its VM incarnations stay stopped (they are placed anew,
-/// on other nodes or this one, with a new generation).
+/// ignored, ``lease(at:)`` no longer returns it, and the registration that follows first
+/// revokes it, so that the others see the node's incarnations gone and place its VMs anew
+/// (with a new generation) rather than wait for them.
 public struct LeaseMachine: Sendable, Equatable {
     public typealias Instant = ContinuousClock.Instant
 
@@ -27,26 +37,34 @@ public struct LeaseMachine: Sendable, Equatable {
         public let ttlSeconds: Int
         /// From the send time of one renewal that succeeded to the next renewal.
         public let renewalPeriod: Duration
-        /// The node self-fences this long before its lease can expire on etcd's side. It
-        /// covers destroying every VM and taking every role's address off (tens of ms per
-        /// VM, done in parallel), the shell waking late on a loaded host, and clock rates.
+        /// The node lapses this long before its lease can expire on etcd's side. It covers
+        /// taking every role's address off, the shell waking late on a loaded host, and
+        /// clock rates.
         public let margin: Duration
         /// After a renewal that failed, the next one is sent this much later.
         public let retryDelay: Duration
+        /// Between two questions to the other nodes about the lease (one at a time).
+        public let askInterval: Duration
 
-        /// One second: destroying TCG guests and removing addresses took well under that
-        /// on the testbed, and it leaves TTL − 1 s of renewals at the smallest TTL, 2 s.
+        /// One second: removing addresses took well under that on the testbed, and it
+        /// leaves TTL − 1 s of renewals at the smallest TTL, 2 s.
         public static let defaultMargin = Duration.seconds(1)
         /// Renewals that fail quickly (a refused connection) are tried again this soon;
         /// one that hangs is bounded by its deadline anyway.
         public static let defaultRetryDelay = Duration.milliseconds(250)
+        /// The others notice an expired lease within half a second (etcd's expiry scan)
+        /// and need well over a second more to start its VMs: four questions a second
+        /// stop them in time.
+        public static let defaultAskInterval = Duration.milliseconds(250)
+        /// A verdict of "stop" is acted on at the lapse when it is at most this old.
+        public static let verdictShelfLife = Duration.milliseconds(1500)
 
         /// - Parameters:
         ///   - renewalPeriod: default a third of the TTL, as `etcdctl lease keep-alive`.
         ///   - retryDelay: default 250 ms, and never more than the renewal period.
         public init(
             ttlSeconds: Int, renewalPeriod: Duration? = nil, margin: Duration = Self.defaultMargin,
-            retryDelay: Duration? = nil
+            retryDelay: Duration? = nil, askInterval: Duration = Self.defaultAskInterval
         ) throws(ModelError) {
             guard ttlSeconds >= 2 else {
                 throw .invalidTimers(
@@ -73,14 +91,20 @@ public struct LeaseMachine: Sendable, Equatable {
                     setting: "a renewal retry after \(retry.readableSeconds)",
                     reason: "it must be more than 0 and at most the renewal period, \(period.readableSeconds)")
             }
+            guard askInterval > .zero else {
+                throw .invalidTimers(
+                    setting: "questions to the other nodes every \(askInterval.readableSeconds)",
+                    reason: "it must be more than 0")
+            }
             self.ttlSeconds = ttlSeconds
             self.renewalPeriod = period
             self.margin = margin
             self.retryDelay = retry
+            self.askInterval = askInterval
         }
     }
 
-    /// Why the node self-fences.
+    /// Why the node lapsed or self-fenced.
     public enum FenceReason: String, Sendable, Equatable, Codable {
         /// The self-fence point came and no renewal had succeeded since the one that set
         /// it: etcd is unreachable or too slow. In time: the lease lives at least `margin`
@@ -88,11 +112,12 @@ public struct LeaseMachine: Sendable, Equatable {
         case notRenewedInTime
         /// The node noticed only after the instant its lease could have expired: it was
         /// paused (SIGSTOP, a frozen VM) or starved past its deadline. Another node may
-        /// already run its VMs: it stands down without a renewal.
+        /// already run its VMs.
         case deadlinePassed
         /// etcd answered that the lease does not exist: it expired or was revoked.
         case leaseGone
-        /// vcd is stopping: nothing may keep running under a lease nobody renews.
+        /// vcd is stopping while other nodes could take its VMs over: nothing may keep
+        /// running under a lease nobody renews.
         case stopping
     }
 
@@ -101,29 +126,33 @@ public struct LeaseMachine: Sendable, Equatable {
         /// Grant a lease of `ttlSeconds`, write the node's registration under it, then
         /// report ``granted(lease:ttlSeconds:sentAt:now:)`` or
         /// ``registrationFailed(sentAt:now:)`` with this `sentAt`. When `fenced` is set, the
-        /// node self-fenced that lease: the VM incarnations placed here under it were
-        /// destroyed and are never started again. The lease may still be alive on etcd (a
-        /// short cut-off), so the registration must say so (the others cannot tell from
-        /// the registration key, which never went away): their VMs are placed anew with
-        /// a new generation, as for a node that died.
+        /// node self-fenced that lease: it is revoked first, and a registration whose
+        /// revoke failed fails (reported so), because the registration key never went
+        /// away and the others could not tell that the incarnations under it are gone.
         case register(ttlSeconds: Int, sentAt: Instant, fenced: Int64?)
         /// `lease` is held: work under it (registration, gateway keys and addresses,
         /// starting VMs) may go on until `until`, the self-fence point, and every etcd
         /// request made under it is bounded by that instant.
         case hold(lease: Int64, until: Instant)
-        /// Send one keep-alive of `lease`, bounded by `deadline` (the time left before it
-        /// can have expired on etcd's side, less the margin), and report
-        /// ``renewed(lease:ttlSeconds:sentAt:now:)`` or
+        /// Send one keep-alive of `lease`, bounded by `deadline` (while the lease is held:
+        /// the time left before it can have expired on etcd's side, less the margin), and
+        /// report ``renewed(lease:ttlSeconds:sentAt:now:)`` or
         /// ``renewalFailed(lease:sentAt:now:)`` with this `sentAt`.
         case renew(lease: Int64, sentAt: Instant, deadline: Instant)
-        /// Stop acting under `lease` now: destroy every VM on this node (virDomainDestroy,
-        /// not a shutdown: a guest that takes its time to stop would outlive the lease),
-        /// take every gateway address and passive role off, write nothing more under the
-        /// lease. Report ``fenced(now:)`` once nothing runs any more; until then nothing is
-        /// registered, and the watchdog is not pinged (``watchdogMayPing(now:interval:)``).
+        /// Ask the other nodes how long etcd still gives `lease` (``SelfFence``) and report
+        /// ``witnessed(lease:verdict:sentAt:now:)`` with this `sentAt`.
+        case askWitnesses(lease: Int64, sentAt: Instant)
+        /// Act under `lease` no more: take every gateway address and passive role off,
+        /// write nothing more under it. The VMs keep running.
+        case lapse(lease: Int64, reason: FenceReason)
+        /// Stop every VM of this node now (virDomainDestroy, not a shutdown: a guest that
+        /// takes its time to stop would run on while another node starts it), and, if
+        /// not done yet, what ``lapse(lease:reason:)`` says. Report ``fenced(now:)`` once
+        /// nothing runs any more; until then nothing is registered, and the watchdog is
+        /// not pinged (``watchdogMayPing(now:interval:)``).
         case selfFence(lease: Int64, reason: FenceReason)
-        /// Revoke `lease`, best effort: a lease this node no longer uses (fenced, stopped,
-        /// or granted too late to be of use). A failure changes nothing: it expires.
+        /// Revoke `lease`, best effort: a lease this node no longer uses (stopped, or
+        /// granted too late to be of use). A failure changes nothing: it expires.
         case revoke(lease: Int64)
     }
 
@@ -139,6 +168,18 @@ public struct LeaseMachine: Sendable, Equatable {
         public fileprivate(set) var pending: Instant?
         /// When the next renewal is due, if none is in flight.
         public fileprivate(set) var nextRenewal: Instant
+        /// The send time of the question to the other nodes in flight, if one is.
+        public fileprivate(set) var asking: Instant?
+        /// When the next question may go out, if none is in flight.
+        public fileprivate(set) var nextAsk: Instant?
+        /// The last answer of the other nodes, and when it came.
+        public fileprivate(set) var heard: Heard?
+    }
+
+    /// What the other nodes answered about the lease, and when.
+    public struct Heard: Sendable, Equatable {
+        public let verdict: SelfFence.Verdict
+        public let at: Instant
     }
 
     public enum State: Sendable, Equatable {
@@ -149,6 +190,9 @@ public struct LeaseMachine: Sendable, Equatable {
         /// The last registration failed; the next is due at `until`.
         case waiting(until: Instant)
         case holding(Tenure)
+        /// Past the self-fence point: nothing is done under the lease, the VMs run on,
+        /// renewals and questions to the other nodes go on.
+        case lapsed(Tenure, reason: FenceReason)
         /// Self-fencing `lease`: the shell is stopping everything that ran under it.
         /// `thenStop` when vcd stops as soon as the fence is done.
         case fencing(lease: Int64, reason: FenceReason, thenStop: Bool)
@@ -194,15 +238,19 @@ public struct LeaseMachine: Sendable, Equatable {
     }
 
     /// etcd answered the keep-alive sent at `sentAt` with `ttlSeconds` (0: the lease is
-    /// gone). An answer that comes at or after the self-fence point counts as lost: the
-    /// node has given up by then, whatever etcd says. One about another lease or request
-    /// is ignored. A TTL larger than the granted one (etcd extends leases on a leader
-    /// change) is not believed: the time left is counted from the send time.
+    /// gone). The lease then lives at least until `sentAt` plus that TTL (never more than
+    /// the granted one: etcd extends leases on a leader change); if that leaves time before
+    /// the self-fence point, the node holds it (again, if it had lapsed). An answer about
+    /// another lease or request is ignored.
     public mutating func renewed(lease: Int64, ttlSeconds: Int, sentAt: Instant, now: Instant) -> [Directive] {
-        guard case .holding(var tenure) = state, tenure.lease == lease, tenure.pending == sentAt else {
-            return tick(now: now)
+        let lapsed: FenceReason?
+        var tenure: Tenure
+        switch state {
+        case .holding(let t): (tenure, lapsed) = (t, nil)
+        case .lapsed(let t, let reason): (tenure, lapsed) = (t, reason)
+        default: return tick(now: now)
         }
-        if now >= fencePoint(tenure) { return tick(now: now) }
+        guard tenure.lease == lease, tenure.pending == sentAt else { return tick(now: now) }
         tenure.pending = nil
         guard ttlSeconds > 0 else { return fence(tenure, reason: .leaseGone) }
         let left = min(Duration.seconds(ttlSeconds), tenure.ttl)
@@ -210,25 +258,73 @@ public struct LeaseMachine: Sendable, Equatable {
         // A period after the send time the deadline stands on: an answer that proved less
         // than an earlier one (a shorter TTL) has the next renewal come sooner.
         tenure.nextRenewal = max(tenure.expiresAt - tenure.ttl + timers.renewalPeriod, sentAt + timers.retryDelay)
+        guard now < fencePoint(tenure) else {
+            // Too late to be of use (a pause, a slow etcd): counted as lost.
+            tenure.nextRenewal = max(tenure.nextRenewal, now + timers.retryDelay)
+            state = lapsed.map { .lapsed(tenure, reason: $0) } ?? .holding(tenure)
+            return tick(now: now)
+        }
+        tenure.asking = nil
+        tenure.nextAsk = nil
+        tenure.heard = nil
         state = .holding(tenure)
         return [.hold(lease: lease, until: fencePoint(tenure))] + tick(now: now)
     }
 
     /// The keep-alive sent at `sentAt` failed (no member answered, or not in time); the
-    /// next one goes out after the retry delay if there is time left.
+    /// next one goes out after the retry delay.
     public mutating func renewalFailed(lease: Int64, sentAt: Instant, now: Instant) -> [Directive] {
-        guard case .holding(var tenure) = state, tenure.lease == lease, tenure.pending == sentAt else {
-            return tick(now: now)
+        switch state {
+        case .holding(var tenure) where tenure.lease == lease && tenure.pending == sentAt:
+            tenure.pending = nil
+            tenure.nextRenewal = now + timers.retryDelay
+            state = .holding(tenure)
+        case .lapsed(var tenure, let reason) where tenure.lease == lease && tenure.pending == sentAt:
+            tenure.pending = nil
+            tenure.nextRenewal = now + timers.retryDelay
+            state = .lapsed(tenure, reason: reason)
+        default:
+            break
         }
-        tenure.pending = nil
-        tenure.nextRenewal = now + timers.retryDelay
-        state = .holding(tenure)
         return tick(now: now)
     }
 
-    /// Time passed: renew when due, self-fence at the self-fence point, register again
-    /// when due. The shell calls it at ``nextWake`` at the latest, and first thing after
-    /// any pause it may have had.
+    /// The other nodes answered the question sent at `sentAt` about `lease`. Once the
+    /// node has lapsed, "stop" self-fences it; while it holds the lease, the answer is kept
+    /// (for at most ``Timers/verdictShelfLife``) so that the lapse acts on it at once.
+    public mutating func witnessed(
+        lease: Int64, verdict: SelfFence.Verdict, sentAt: Instant, now: Instant
+    ) -> [Directive] {
+        switch state {
+        case .holding(var tenure) where tenure.lease == lease && tenure.asking == sentAt:
+            tenure.asking = nil
+            tenure.nextAsk = sentAt + timers.askInterval
+            tenure.heard = Heard(verdict: verdict, at: now)
+            state = .holding(tenure)
+        case .lapsed(var tenure, let reason) where tenure.lease == lease && tenure.asking == sentAt:
+            tenure.asking = nil
+            tenure.nextAsk = sentAt + timers.askInterval
+            tenure.heard = Heard(verdict: verdict, at: now)
+            if case .stop = verdict { return fence(tenure, reason: reason) }
+            state = .lapsed(tenure, reason: reason)
+        default:
+            break
+        }
+        return tick(now: now)
+    }
+
+    /// A live node that found this node lost (its registration gone from etcd) says so
+    /// before it fences the node and starts its VMs elsewhere. Lapsed, the node believes
+    /// it and self-fences at once; holding its lease, it cannot be lost (the lease lives at
+    /// least until the self-fence point): the word is stale, and ignored.
+    public mutating func toldLost(now: Instant) -> [Directive] {
+        guard case .lapsed(let tenure, let reason) = state else { return tick(now: now) }
+        return fence(tenure, reason: reason)
+    }
+
+    /// Time passed: renew when due, lapse at the self-fence point, ask the other nodes
+    /// when a renewal is late, register again when due. The shell calls it at
+    /// ``nextWake`` at the latest, and first thing after any pause it may have had.
     public mutating func tick(now: Instant) -> [Directive] {
         switch state {
         case .idle, .registering, .fencing, .stopped:
@@ -236,19 +332,43 @@ public struct LeaseMachine: Sendable, Equatable {
         case .waiting(let until):
             return now >= until ? register(now: now) : []
         case .holding(var tenure):
-            if now >= tenure.expiresAt { return fence(tenure, reason: .deadlinePassed) }
-            if now >= fencePoint(tenure) { return fence(tenure, reason: .notRenewedInTime) }
-            guard tenure.pending == nil, now >= tenure.nextRenewal else { return [] }
-            tenure.pending = now
+            if now >= fencePoint(tenure) {
+                let reason: FenceReason = now >= tenure.expiresAt ? .deadlinePassed : .notRenewedInTime
+                if let heard = tenure.heard, case .stop = heard.verdict, now - heard.at <= Timers.verdictShelfLife {
+                    return [.lapse(lease: tenure.lease, reason: reason)] + fence(tenure, reason: reason)
+                }
+                state = .lapsed(tenure, reason: reason)
+                return [.lapse(lease: tenure.lease, reason: reason)] + tick(now: now)
+            }
+            var directives: [Directive] = []
+            if tenure.pending == nil, now >= tenure.nextRenewal {
+                tenure.pending = now
+                directives.append(.renew(lease: tenure.lease, sentAt: now, deadline: fencePoint(tenure)))
+            }
+            if let ask = askDue(tenure, now: now, late: true) {
+                tenure.asking = now
+                directives.append(ask)
+            }
             state = .holding(tenure)
-            return [.renew(lease: tenure.lease, sentAt: now, deadline: fencePoint(tenure))]
+            return directives
+        case .lapsed(var tenure, let reason):
+            var directives: [Directive] = []
+            if tenure.pending == nil, now >= tenure.nextRenewal {
+                tenure.pending = now
+                directives.append(.renew(lease: tenure.lease, sentAt: now, deadline: now + timers.renewalPeriod))
+            }
+            if let ask = askDue(tenure, now: now, late: false) {
+                tenure.asking = now
+                directives.append(ask)
+            }
+            state = .lapsed(tenure, reason: reason)
+            return directives
         }
     }
 
-    /// The self-fence is done: nothing of the fenced lease runs here any more. The lease
-    /// is revoked (so the others need not wait for it to expire before they move its VMs)
-    /// and the node registers anew, saying which lease it fenced; or, when vcd stops, it
-    /// stops.
+    /// The self-fence is done: nothing of the fenced lease runs here any more. The node
+    /// registers anew (revoking the fenced lease first); or, when vcd stops, it revokes
+    /// the lease and stops.
     public mutating func fenced(now: Instant) -> [Directive] {
         guard case .fencing(let lease, let reason, let thenStop) = state else { return [] }
         if reason == .stopping || thenStop {
@@ -256,15 +376,19 @@ public struct LeaseMachine: Sendable, Equatable {
             return [.revoke(lease: lease)]
         }
         unreportedFence = lease
-        return [.revoke(lease: lease)] + register(now: now)
+        return register(now: now)
     }
 
-    /// vcd stops: what runs under the lease is stopped first (a lease nobody renews
-    /// lapses, and then the others start its VMs elsewhere), then the lease is revoked.
-    public mutating func stop(now: Instant) -> [Directive] {
+    /// vcd stops. When other nodes may take its VMs over (`othersMayTakeOver`), what runs
+    /// under the lease is stopped first: a lease nobody renews lapses, and then the others
+    /// start its VMs elsewhere. Otherwise (a single node) the VMs keep running, and the
+    /// next vcd takes them up again. Then the lease is revoked.
+    public mutating func stop(now: Instant, othersMayTakeOver: Bool) -> [Directive] {
         switch state {
-        case .holding(let tenure):
-            return fence(tenure, reason: .stopping)
+        case .holding(let tenure), .lapsed(let tenure, _):
+            if othersMayTakeOver { return fence(tenure, reason: .stopping) }
+            state = .stopped
+            return [.revoke(lease: tenure.lease)]
         case .fencing(let lease, let reason, _):
             state = .fencing(lease: lease, reason: reason, thenStop: true)
             return []
@@ -292,6 +416,14 @@ public struct LeaseMachine: Sendable, Equatable {
         return fencePoint(tenure)
     }
 
+    /// The last answer of the other nodes while the lease is held or lapsed.
+    public var verdict: SelfFence.Verdict? {
+        switch state {
+        case .holding(let tenure), .lapsed(let tenure, _): tenure.heard?.verdict
+        default: nil
+        }
+    }
+
     /// When the shell must call ``tick(now:)`` next if no answer comes first; nil when only
     /// an answer (or ``fenced(now:)``) moves the machine on.
     public var nextWake: Instant? {
@@ -299,27 +431,49 @@ public struct LeaseMachine: Sendable, Equatable {
         case .idle, .registering, .fencing, .stopped: return nil
         case .waiting(let until): return until
         case .holding(let tenure):
-            return tenure.pending == nil ? min(tenure.nextRenewal, fencePoint(tenure)) : fencePoint(tenure)
+            var wakes = [fencePoint(tenure)]
+            if tenure.pending == nil { wakes.append(tenure.nextRenewal) }
+            if tenure.asking == nil { wakes.append(max(askFrom(tenure), tenure.nextAsk ?? askFrom(tenure))) }
+            return wakes.min()
+        case .lapsed(let tenure, _):
+            var wakes: [Instant] = []
+            if tenure.pending == nil { wakes.append(tenure.nextRenewal) }
+            if tenure.asking == nil { wakes.append(tenure.nextAsk ?? fencePoint(tenure)) }
+            return wakes.min()
         }
     }
 
-    /// Whether a systemd watchdog ping (which keeps vcd alive for `interval`) is safe at
-    /// `now`. While a lease is held, only if the watchdog would still fire before the
-    /// self-fence point should vcd hang right after the ping: the watchdog then backs the
-    /// self-fence (with a kill mode that stops QEMU too). So `WatchdogSec` must be shorter
-    /// than TTL − margin − renewal period, or the pings stop while all is well. Never while
-    /// a self-fence is under way: if it hangs, systemd finishes it.
-    public func watchdogMayPing(now: Instant, interval: Duration) -> Bool {
+    /// Whether a systemd watchdog ping is safe: always but while a self-fence is under way
+    /// (if it hangs, systemd's kill and `ExecStopPost` finish it) or after the stop. The
+    /// watchdog backs the shell, not the lease: a vcd that hangs can no longer self-fence,
+    /// and systemd kills it (and its VMs) within `WatchdogSec` of the last ping. Pinged
+    /// while holding, that is before the lease can expire on etcd's side with the margin
+    /// to spare when `WatchdogSec` is at most TTL − margin − renewal period (a vcd that
+    /// hangs had renewed at most a period before; `vc explain timers` prints the bound).
+    /// Pinged while lapsed too, because without etcd's quorum anywhere the VMs are to keep
+    /// running, and the watchdog's kill would stop them.
+    public var watchdogMayPing: Bool {
         switch state {
-        case .holding(let tenure): return now + interval <= fencePoint(tenure)
-        case .idle, .registering, .waiting: return true
-        case .fencing, .stopped: return false
+        case .idle, .registering, .waiting, .holding, .lapsed: true
+        case .fencing, .stopped: false
         }
     }
 
     // MARK: - steps
 
     private func fencePoint(_ tenure: Tenure) -> Instant { tenure.expiresAt - timers.margin }
+
+    /// From when the other nodes are asked while the lease is held: a renewal is a retry
+    /// delay late (none succeeded a period plus a retry delay after the last that did).
+    private func askFrom(_ tenure: Tenure) -> Instant {
+        tenure.expiresAt - tenure.ttl + timers.renewalPeriod + timers.retryDelay
+    }
+
+    private func askDue(_ tenure: Tenure, now: Instant, late: Bool) -> Directive? {
+        guard tenure.asking == nil, now >= (tenure.nextAsk ?? now) else { return nil }
+        if late, now < askFrom(tenure) { return nil }
+        return .askWitnesses(lease: tenure.lease, sentAt: now)
+    }
 
     private mutating func fence(_ tenure: Tenure, reason: FenceReason) -> [Directive] {
         state = .fencing(lease: tenure.lease, reason: reason, thenStop: false)

@@ -9,6 +9,17 @@ public enum Naming {
     /// The IQN prefix of everything Peerless exports or logs in with.
     public static let iqnPrefix = "iqn.2026-11.dev.peerless"
 
+    /// A node's default name from its host name: the first label, lowercased, with
+    /// anything but letters, digits and '-' made '-', and `node-` in front when it does not
+    /// start with one (`Web-01.example.org` gives `web-01`, `7b` gives `node-7b`); letters
+    /// and digits are ASCII ones, as in every name tgt and DNS take.
+    public static func nodeName(host: String) -> String {
+        let label = host.split(separator: ".").first.map(String.init) ?? "node"
+        let ascii = { (c: Character) in c.isASCII && (c.isLetter || c.isNumber) }
+        let cleaned = String(label.lowercased().map { ascii($0) || $0 == "-" ? $0 : "-" })
+        return cleaned.first.map { $0.isASCII && $0.isLetter } == true ? cleaned : "node-" + cleaned
+    }
+
     /// `demo` and index 1 give `demo-1`: the VM, its libvirt domain and its hostname.
     public static func vmName(cluster: String, index: Int) -> String { "\(cluster)-\(index)" }
 

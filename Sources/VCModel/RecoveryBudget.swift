@@ -101,8 +101,9 @@ public struct RecoveryBudget: Codable, Sendable, Equatable {
         /// Renewals it sends on schedule before that point (retries of failed ones aside).
         public var renewalsBeforeFence: Int
         /// The longest systemd `WatchdogSec` that still backs the self-fence: a vcd that
-        /// hangs right after a ping is killed before its self-fence point. Longer, and the
-        /// pings stop (``LeaseMachine/watchdogMayPing(now:interval:)``) while all is well.
+        /// hangs right after a ping (at most a renewal period after its last renewal) is
+        /// killed, its VMs with it, before its self-fence point
+        /// (``LeaseMachine/watchdogMayPing``).
         public var watchdogAtMostMilliseconds: Int
     }
 

@@ -48,6 +48,12 @@ final class EtcdTrio {
         members[index] = nil
     }
 
+    /// SIGSTOP: the member's kernel still takes connections, but nothing answers them, as
+    /// with a member cut off behind a network that drops its packets. `stopAll` kills it.
+    func pause(_ index: Int) {
+        if let pid = members[index]?.pid { Foundation.kill(pid, SIGSTOP) }
+    }
+
     /// The member that leads now, as every member that answers sees it.
     func leader() async throws -> Int? {
         let r = try await sh(
@@ -114,11 +120,9 @@ final class EtcdTrio {
         }
     }
 
-    func ridesOutOneDeadMemberAndNamesTheLostQuorum(_ trio: EtcdTrio) async throws {
-        for port in EtcdTrio.clientPorts + EtcdTrio.peerPorts {
-            let r = try await sh("ss", ["-Htln", "sport", "= :\(port)"])
-            try #require(r.stdout.isEmpty, "port \(port) is taken: \(r.stdout)")
-        }
+    /// Starts the three members and returns a client of all three once they serve (the
+    /// key holds "one" then).
+    static func serving(_ trio: EtcdTrio) async throws -> EtcdClient {
         for index in 0..<3 { try trio.start(index) }
         let client = EtcdClient(endpoints: trio.endpoints)
         _ = try await eventually("the three members to serve", timeout: .seconds(30)) {
@@ -129,6 +133,15 @@ final class EtcdTrio {
                 return (nil, "\(error)")
             }
         }
+        return client
+    }
+
+    func ridesOutOneDeadMemberAndNamesTheLostQuorum(_ trio: EtcdTrio) async throws {
+        for port in EtcdTrio.clientPorts + EtcdTrio.peerPorts {
+            let r = try await sh("ss", ["-Htln", "sport", "= :\(port)"])
+            try #require(r.stdout.isEmpty, "port \(port) is taken: \(r.stdout)")
+        }
+        let client = try await Self.serving(trio)
         #expect(try await client.get(Self.key)?.value == Array("one".utf8))
         let lease = try await client.grantLease(ttlSeconds: 30)
 
@@ -196,5 +209,40 @@ final class EtcdTrio {
         let followerDelay = ContinuousClock.now - killedFollower
         print("first put after killing the preferred follower \(trio.endpoints[third]) took \(followerDelay)")
         #expect(followerDelay < .seconds(1), "the first request after the kill took \(followerDelay)")
+    }
+
+    /// A node's lease renewal is bounded by its lease's deadline. With its preferred member
+    /// cut off (it takes the connection and never answers), the renewal must still reach
+    /// a live member within that deadline: waiting the preferred one out first would leave
+    /// no time for the others, and the lease would expire while two members serve. With
+    /// every member cut off, it ends by the deadline all the same.
+    @Test(.timeLimit(.minutes(2)))
+    func aRenewalBoundedByItsDeadlineIsServedByALiveMemberWhenThePreferredOneHangs() async throws {
+        let trio = try EtcdTrio()
+        defer { trio.stopAll() }
+        do {
+            let client = try await Self.serving(trio)
+            let lease = try await client.grantLease(ttlSeconds: 30)
+            let preferred = try #require(trio.endpoints.firstIndex(of: client.endpoint))
+            // A follower, so that the other two keep their quorum and leader.
+            try await trio.moveLeader(to: (preferred + 1) % 3)
+            trio.pause(preferred)
+
+            let deadline = ContinuousClock.now + .seconds(1)
+            let left = try await client.keepAlive(lease: lease.id, by: deadline)
+            let late = ContinuousClock.now - deadline
+            #expect(left > 0)
+            #expect(late < .milliseconds(200), "the renewal ended \(late) after its deadline")
+            #expect(client.endpoint != trio.endpoints[preferred])
+
+            for index in 0..<3 where index != preferred { trio.pause(index) }
+            let last = ContinuousClock.now + .seconds(1)
+            await #expect(throws: CatalogError.self) { try await client.keepAlive(lease: lease.id, by: last) }
+            let over = ContinuousClock.now - last
+            #expect(over < .milliseconds(200), "with every member cut off the renewal ended \(over) after its deadline")
+        } catch {
+            trio.dumpLogs()
+            throw error
+        }
     }
 }

@@ -253,6 +253,59 @@ import VCModel
         return try await bed.vcJSON("n3", ClusterStatus.self, ["cluster", "show", name])
     }
 
+    /// A step sent to a node that is cut off while it runs holds its operation no longer
+    /// than the node's lease: a create whose only VM is pinned to n2, each step of which
+    /// takes 20 s there, fails soon after n2 is partitioned midway (its lease expires; the
+    /// call to it would otherwise wait out the 30-minute step timeout, and a recovery
+    /// waiting the same way holds every lost VM that long), is undone, and n2, healed,
+    /// keeps nothing of it.
+    @Test(.timeLimit(.minutes(10)))
+    func aStepOnANodeCutOffMidwayEndsWithTheNodesLease() async throws {
+        try await NodeTestbed.with(computeNodes: 3, extra: ["n2": "testing: {stepDelayMilliseconds: 20000}"]) { bed in
+            let imported = try await bed.vc(bed.storage, ["image", "import", "tiny", Build.tinyImage])
+            try #require(imported.status == 0, "\(imported)")
+            let ended = Outcome()
+            let create = Task {
+                let r = try await bed.vc(
+                    "n1",
+                    ["cluster", "create", "cut", "--image", "tiny", "--vms", "1", "--memory", "128M", "--node", "n2"])
+                await ended.set(r)
+                return r
+            }
+            // The storage's steps take a second or two; n2's first one then runs for 20 s.
+            try await Task.sleep(for: .seconds(6))
+            try await bed.partition(["n2"])
+            let cut = ContinuousClock.now
+            let result = try? await eventually("the create to end", timeout: .seconds(60), every: .milliseconds(250)) {
+                (await ended.result, "still running")
+            }
+            print("create ended \(ContinuousClock.now - cut) after n2 was cut off")
+            try await bed.heal()
+            let created = try await create.value
+            #expect(result != nil, "the create still waited on n2 a minute after n2 was cut off")
+            #expect(created.status != 0, "\(created)")
+            #expect("\(created.stdout)\(created.stderr)".contains("n2"), "\(created)")
+            _ = try await eventually("every node ready", timeout: .seconds(90), every: .seconds(1)) {
+                let nodes = (try? await bed.vcJSON("n1", [NodeSummary].self, ["node", "list"])) ?? []
+                let ready = nodes.filter { bed.nodes.contains($0.record.name) && $0.state == .ready }.count
+                return (ready == bed.nodes.count ? true : nil, "\(nodes.map { "\($0.record.name) \($0.state)" })")
+            }
+            let left = try await eventually("nothing of cut anywhere", timeout: .seconds(60), every: .seconds(2)) {
+                let left = try await SeveralNodesBoundaryTests().leftovers(bed, of: "cut", vms: 1, on: bed.nodes)
+                let record = try await bed.etcdctl(["get", "/peerless/clusters/cut", "--print-value-only"])
+                let all = left + (record.stdout.isEmpty ? [] : ["the catalog still has cut: \(record.stdout)"])
+                return (all.isEmpty ? true : nil, "\(all)")
+            }
+            #expect(left)
+        }
+    }
+
+    /// What a command run in the background gave, once it ended.
+    actor Outcome {
+        private(set) var result: CommandResult?
+        func set(_ r: CommandResult) { result = r }
+    }
+
     /// Waits until every one of `vms` (placed on `victim` before) runs on another node and
     /// no operation holds the cluster, as `witness` shows it.
     func movedOff(

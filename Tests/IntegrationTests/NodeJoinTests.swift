@@ -11,6 +11,7 @@ import VCModel
     @Test(.timeLimit(.minutes(12)))
     func aNewNodeTakesADeadMembersSeatInEtcdAndHoldsVMs() async throws {
         try await NodeTestbed.with(computeNodes: 4) { bed in
+            try await configureFromAPeer("n4", bed)
             // A machine given a live node's name (n4's configured as n2) is refused it.
             try await rename("n4", to: "n2", bed)
             _ = try await eventually("n4's vcd to answer", timeout: .seconds(60), every: .milliseconds(500)) {
@@ -139,6 +140,73 @@ import VCModel
                 return (r?.status == 0 ? true : nil, r?.stderr ?? "")
             }
         }
+    }
+
+    /// `node` comes in configured by nothing but a peer: its vcd.yaml and API token are
+    /// removed, and `vcnode join --peer n1`, run on it, writes them from n1's settings and
+    /// the token file it is given, waits for vcd on the node, and joins. A wrong token is
+    /// refused in one line with nothing written, and so is a second `--peer` once the node
+    /// is configured.
+    func configureFromAPeer(_ node: String, _ bed: NodeTestbed) async throws {
+        let config = "\(NodeTestbed.directory)/\(node)/vcd.yaml"
+        let token = "\(bed.stateDirectory(node))/api-token"
+        try await bed.kill(node)
+        try FileManager.default.removeItem(atPath: config)
+        try FileManager.default.removeItem(atPath: token)
+        try await bed.restart(node)
+        let peer = "\(bed.address("n1")):\(NodeTestbed.apiPort)"
+        let vcnode = "\(Build.binDirectory)/vcnode"
+
+        let wrong = "\(NodeTestbed.directory)/wrong-token"
+        try "not-the-token\n".write(toFile: wrong, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: wrong) }
+        let refused = try await bed.exec(
+            node, [vcnode, "join", "--peer", peer, "--token-file", wrong, "--config", config])
+        #expect(
+            refused.status == 7 && refused.stderr.contains("refused the API token sent")
+                && refused.stderr.split(separator: "\n").count == 1, "\(refused)")
+        #expect(!FileManager.default.fileExists(atPath: config) && !FileManager.default.fileExists(atPath: token))
+
+        let joining = Task {
+            try await bed.exec(
+                node, [vcnode, "join", "--peer", peer, "--token-file", bed.tokenFile, "--config", config])
+        }
+        do {
+            _ = try await eventually(
+                "\(node)'s vcd.yaml to be written", timeout: .seconds(30), every: .milliseconds(200)
+            ) {
+                (FileManager.default.fileExists(atPath: config) ? true : nil, "")
+            }
+        } catch {
+            // It gave up before writing anything: what it said.
+            Issue.record("vcnode join --peer: \(try await joining.value)")
+            throw error
+        }
+        let written = try String(contentsOfFile: config, encoding: .utf8)
+        #expect(written.contains("node: \"\(node)\""), "\(written)")
+        #expect(written.contains("underlay: \"\(bed.address(node))\""), "\(written)")
+        for endpoint in bed.etcdEndpoints { #expect(written.contains(endpoint), "\(written)") }
+        let mode = try FileManager.default.attributesOfItem(atPath: token)[.posixPermissions] as? Int
+        #expect(mode == 0o600, "the token file's mode: \(String(describing: mode))")
+        #expect(
+            try String(contentsOfFile: token, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+                == String(contentsOfFile: bed.tokenFile, encoding: .utf8).trimmingCharacters(
+                    in: .whitespacesAndNewlines))
+        try await bed.startVCD(node)
+        let joined = try await joining.value
+        #expect(
+            joined.status == 0 && joined.stdout.contains("joined as a client of etcd: 3 healthy"), "\(joined)")
+        #expect(joined.stderr.contains("wrote \(config): node \(node) (compute) at \(bed.address(node))"), "\(joined)")
+        _ = try await eventually("\(node) to be ready", timeout: .seconds(60), every: .milliseconds(500)) {
+            let state = try? await state(bed, node)
+            return (state == .ready ? true : nil, "\(String(describing: state))")
+        }
+
+        let again = try await bed.exec(
+            node, [vcnode, "join", "--peer", peer, "--token-file", bed.tokenFile, "--config", config])
+        #expect(
+            again.status != 0 && again.stderr.contains("exists: this node is configured already")
+                && again.stderr.split(separator: "\n").count == 1, "\(again)")
     }
 
     /// Restarts `node` with `name` as its configured node name (its own state directory, so

@@ -182,6 +182,9 @@ final class NodeTestbed: Sendable {
     /// back as a fresh machine.
     func restart(_ node: String) async throws { try await Self.require(["restart", node]) }
 
+    /// Starts the vcd of a node that `restart` brought back without one (it had no vcd.yaml).
+    func startVCD(_ node: String) async throws { try await Self.require(["start-vcd", node]) }
+
     /// Removes a killed node's namespace and files.
     func wipe(_ node: String) async throws { try await Self.require(["wipe", node]) }
 

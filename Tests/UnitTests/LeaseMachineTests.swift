@@ -3,8 +3,9 @@ import Testing
 @testable import VCModel
 
 /// The node lease as a state machine, driven with hand-made instants: it holds its lease
-/// exactly as long as its own send-time arithmetic allows, self-fences a margin before the
-/// lease can expire on etcd's side, and never acts under a fenced lease again.
+/// exactly as long as its own send-time arithmetic allows, lapses a margin before the lease
+/// can expire on etcd's side, self-fences when etcd or the other nodes say the lease is
+/// gone, and never acts under a fenced lease again.
 @Suite struct LeaseMachineTests {
     typealias Instant = ContinuousClock.Instant
     typealias Directive = LeaseMachine.Directive
@@ -28,6 +29,17 @@ import Testing
     static func fences(_ directives: [Directive]) -> [LeaseMachine.FenceReason] {
         directives.compactMap { if case .selfFence(_, let reason) = $0 { reason } else { nil } }
     }
+
+    static func lapses(_ directives: [Directive]) -> [LeaseMachine.FenceReason] {
+        directives.compactMap { if case .lapse(_, let reason) = $0 { reason } else { nil } }
+    }
+
+    static func asks(_ directives: [Directive]) -> [Instant] {
+        directives.compactMap { if case .askWitnesses(_, let sentAt) = $0 { sentAt } else { nil } }
+    }
+
+    static let stop = SelfFence.Verdict.stop("its lease has expired")
+    static let keep = SelfFence.Verdict.keepRunning("its lease still has 1 s left")
 
     static func renewals(_ directives: [Directive]) -> [(sentAt: Instant, deadline: Instant)] {
         directives.compactMap { if case .renew(_, let sentAt, let deadline) = $0 { (sentAt, deadline) } else { nil } }
@@ -113,48 +125,159 @@ import Testing
 
     // MARK: - losing the lease
 
-    @Test func aLateAnswerAfterTheDeadlineCountsAsLost() {
+    @Test func aLateAnswerCountsFromItsSendTimeAndIsLostWhenThatIsPast() {
         var m = Self.holding()
         _ = m.tick(now: Self.at(1))
-        // Sent at 1 s and renewed on etcd, but the answer comes at the self-fence point
-        // the grant set: the node has given up by then.
+        // Sent at 1 s and renewed on etcd, answered at the self-fence point the grant set:
+        // the lease lives at least until 4 s, so it is held until 3 s.
         let late = m.renewed(lease: 7, ttlSeconds: 3, sentAt: Self.at(1), now: Self.at(2))
-        #expect(late == [.selfFence(lease: 7, reason: .notRenewedInTime)])
-        #expect(m.lease(at: Self.at(2)) == nil)
-        #expect(m.lease(at: Self.at(2.5)) == nil)
+        #expect(late.first == .hold(lease: 7, until: Self.at(3)))
+        #expect(m.lease(at: Self.at(2.5)) == 7)
 
+        // Answered at 3.5 s: what it proves is past its own self-fence point. The node
+        // lapses (acts under the lease no more) and asks the other nodes.
         var n = Self.holding()
         _ = n.tick(now: Self.at(1))
         let afterExpiry = n.renewed(lease: 7, ttlSeconds: 3, sentAt: Self.at(1), now: Self.at(3.5))
-        #expect(afterExpiry == [.selfFence(lease: 7, reason: .deadlinePassed)])
+        #expect(
+            afterExpiry == [.lapse(lease: 7, reason: .notRenewedInTime), .askWitnesses(lease: 7, sentAt: Self.at(3.5))])
+        #expect(n.lease(at: Self.at(3.5)) == nil)
     }
 
-    @Test func failedRenewalsSelfFenceExactlyAtTheMarginBeforeTheDeadline() {
+    @Test func failedRenewalsLapseExactlyAtTheMarginBeforeTheDeadline() {
         var m = Self.holding()
         var now = Self.t0
         var attempts = 0
-        var fencedAt: Instant?
-        while fencedAt == nil, let wake = m.nextWake {
+        var asked: [Instant] = []
+        var lapsedAt: Instant?
+        while lapsedAt == nil, let wake = m.nextWake {
             now = wake
-            let directives = m.tick(now: now)
-            if !Self.fences(directives).isEmpty {
-                #expect(Self.fences(directives) == [.notRenewedInTime])
-                fencedAt = now
-            }
-            for r in Self.renewals(directives) {
-                attempts += 1
-                // Every attempt is bounded by the self-fence point the grant set.
-                #expect(r.deadline == Self.at(2))
-                now = r.sentAt + .milliseconds(10)
-                #expect(m.renewalFailed(lease: 7, sentAt: r.sentAt, now: now).isEmpty)
+            var directives = m.tick(now: now)
+            while !directives.isEmpty {
+                let d = directives.removeFirst()
+                switch d {
+                case .lapse(_, let reason):
+                    #expect(reason == .notRenewedInTime)
+                    lapsedAt = now
+                case .renew(_, let sentAt, let deadline) where lapsedAt == nil:
+                    attempts += 1
+                    // Every attempt is bounded by the self-fence point the grant set.
+                    #expect(deadline == Self.at(2))
+                    now = sentAt + .milliseconds(10)
+                    directives += m.renewalFailed(lease: 7, sentAt: sentAt, now: now)
+                case .askWitnesses(_, let sentAt) where lapsedAt == nil:
+                    asked.append(sentAt)
+                    now = sentAt + .milliseconds(5)
+                    directives += m.witnessed(lease: 7, verdict: Self.keep, sentAt: sentAt, now: now)
+                case .selfFence:
+                    Issue.record("self-fenced while the other nodes say the lease lives")
+                default:
+                    break
+                }
             }
         }
         // The grant was sent at 0 with a 3 s TTL: etcd cannot expire it before 3 s; the
         // node gives up at 2 s, the margin before, after renewals at 1, 1.26, 1.52, 1.78.
-        #expect(fencedAt == Self.at(2))
+        // The other nodes were asked from 1.25 s (a renewal 250 ms late), every 250 ms.
+        #expect(lapsedAt == Self.at(2))
         #expect(attempts == 4)
+        #expect(asked == [Self.at(1.25), Self.at(1.5), Self.at(1.75)])
         #expect(m.lease(at: Self.at(1.999)) == nil)
+        guard case .lapsed(_, reason: .notRenewedInTime) = m.state else {
+            Issue.record("not lapsed: \(m.state)")
+            return
+        }
+        #expect(m.watchdogMayPing)
+    }
+
+    @Test func lapsedTheVMsStopOnlyWhenTheOthersSayTheLeaseIsGone() {
+        var m = Self.holding()
+        _ = m.tick(now: Self.at(1))
+        _ = m.renewalFailed(lease: 7, sentAt: Self.at(1), now: Self.at(1.1))
+        // No tick between 1.1 s and 2 s (a loaded host): the lapse asks at once.
+        let lapse = m.tick(now: Self.at(2))
+        #expect(Self.lapses(lapse) == [.notRenewedInTime])
+        #expect(Self.asks(lapse) == [Self.at(2)])
+        #expect(Self.fences(lapse).isEmpty)
+        // "Keep running" (etcd has no quorum anywhere, or the lease still has time):
+        // asked again 250 ms after the last question, renewals go on, nothing is stopped.
+        #expect(Self.fences(m.witnessed(lease: 7, verdict: Self.keep, sentAt: Self.at(2), now: Self.at(2.1))).isEmpty)
+        let again = m.tick(now: Self.at(2.25))
+        #expect(Self.asks(again) == [Self.at(2.25)])
+        #expect(Self.fences(again).isEmpty)
+        #expect(m.verdict == Self.keep)
+        // "Stop": every VM is destroyed.
+        #expect(
+            m.witnessed(lease: 7, verdict: Self.stop, sentAt: Self.at(2.25), now: Self.at(2.3))
+                == [.selfFence(lease: 7, reason: .notRenewedInTime)])
         #expect(m.state == .fencing(lease: 7, reason: .notRenewedInTime, thenStop: false))
+        #expect(!m.watchdogMayPing)
+    }
+
+    /// A live node that found this one lost says so before it starts its VMs elsewhere:
+    /// lapsed, the node self-fences at once; holding, it cannot have been lost, and the
+    /// word (stale, or about a registration it replaced) changes nothing.
+    @Test func toldLostByALiveNodeALapsedNodeSelfFencesAndAHoldingOneDoesNot() {
+        var holding = Self.holding()
+        #expect(Self.fences(holding.toldLost(now: Self.at(0.5))).isEmpty)
+        #expect(holding.lease(at: Self.at(0.5)) == 7)
+
+        var m = Self.holding()
+        _ = m.tick(now: Self.at(1))
+        _ = m.renewalFailed(lease: 7, sentAt: Self.at(1), now: Self.at(1.1))
+        #expect(Self.lapses(m.tick(now: Self.at(2))) == [.notRenewedInTime])
+        #expect(m.toldLost(now: Self.at(2.1)) == [.selfFence(lease: 7, reason: .notRenewedInTime)])
+        #expect(m.state == .fencing(lease: 7, reason: .notRenewedInTime, thenStop: false))
+        #expect(Self.fences(m.toldLost(now: Self.at(2.2))).isEmpty, "one self-fence, not two")
+    }
+
+    @Test func aRenewalThatSucceedsAfterTheLapseHoldsTheLeaseAgain() {
+        // An etcd election longer than the margin: renewals fail past the lapse, then one
+        // sent at 2.5 s succeeds. The lease never expired (etcd renewed it), so nobody moved
+        // the VMs: the node holds it again, until 2.5 + 3 − 1 s.
+        var m = Self.holding()
+        _ = m.tick(now: Self.at(1))
+        _ = m.renewalFailed(lease: 7, sentAt: Self.at(1), now: Self.at(1.1))
+        // Lapsed, renewals go on, each bounded by a renewal period: no time is left to
+        // bound it by.
+        let first = Self.renewals(m.tick(now: Self.at(2)))
+        #expect(first.map(\.sentAt) == [Self.at(2)] && first.map(\.deadline) == [Self.at(3)])
+        #expect(m.lease(at: Self.at(2)) == nil)
+        _ = m.renewalFailed(lease: 7, sentAt: Self.at(2), now: Self.at(2.25))
+        let renewal = Self.renewals(m.tick(now: Self.at(2.5)))
+        #expect(renewal.map(\.sentAt) == [Self.at(2.5)])
+        let back = m.renewed(lease: 7, ttlSeconds: 3, sentAt: Self.at(2.5), now: Self.at(2.6))
+        #expect(back == [.hold(lease: 7, until: Self.at(4.5))])
+        #expect(m.lease(at: Self.at(2.6)) == 7)
+        // The question still in flight is of no use any more: its answer is ignored.
+        #expect(m.witnessed(lease: 7, verdict: Self.stop, sentAt: Self.at(2.25), now: Self.at(2.7)).isEmpty)
+        #expect(m.lease(at: Self.at(2.7)) == 7)
+    }
+
+    @Test func aStopHeardJustBeforeTheLapseStopsTheVMsAtTheLapse() {
+        // Cut off from everyone: the question asked at 1.25 s (a renewal late) finds no
+        // other node; at the lapse the VMs stop at once, without another question.
+        var m = Self.holding()
+        _ = m.tick(now: Self.at(1))
+        #expect(Self.asks(m.tick(now: Self.at(1.25))) == [Self.at(1.25)])
+        let silent = SelfFence.Verdict.stop("no other node answers: this node may be the one cut off")
+        #expect(Self.fences(m.witnessed(lease: 7, verdict: silent, sentAt: Self.at(1.25), now: Self.at(1.9))).isEmpty)
+        // Still held: nothing stops before the lapse.
+        #expect(m.lease(at: Self.at(1.9)) == 7)
+        #expect(
+            m.tick(now: Self.at(2))
+                == [.lapse(lease: 7, reason: .notRenewedInTime), .selfFence(lease: 7, reason: .notRenewedInTime)])
+
+        // Paused from 1.3 s to 2.9 s: the stop heard at 1.3 s is too old to act on; the
+        // other nodes are asked again.
+        var n = Self.holding()
+        _ = n.tick(now: Self.at(1))
+        _ = n.tick(now: Self.at(1.25))
+        _ = n.witnessed(lease: 7, verdict: silent, sentAt: Self.at(1.25), now: Self.at(1.3))
+        let late = n.tick(now: Self.at(2.9))
+        #expect(Self.lapses(late) == [.notRenewedInTime])
+        #expect(Self.fences(late).isEmpty)
+        #expect(Self.asks(late) == [Self.at(2.9)])
     }
 
     @Test func theSelfFenceWaitsForNoTickJustBeforeThePoint() {
@@ -163,26 +286,31 @@ import Testing
         _ = m.renewalFailed(lease: 7, sentAt: Self.at(1), now: Self.at(1.1))
         let justBefore = Self.at(2) - .nanoseconds(1)
         #expect(m.lease(at: justBefore) == 7)
-        #expect(Self.fences(m.tick(now: justBefore)).isEmpty)
-        #expect(m.tick(now: Self.at(2)) == [.selfFence(lease: 7, reason: .notRenewedInTime)])
+        #expect(Self.lapses(m.tick(now: justBefore)).isEmpty)
+        #expect(m.tick(now: Self.at(2)) == [.lapse(lease: 7, reason: .notRenewedInTime)])
     }
 
-    @Test func aPauseLongerThanTheTTLStandsDownInsteadOfRenewing() {
+    @Test func aPauseLongerThanTheTTLStandsDown() {
         // SIGSTOP right after a renewal that succeeded, SIGCONT 10 s later: the first
-        // tick sees the deadline passed and fences; it sends no renewal.
+        // tick sees the deadline passed and acts under the lease no more. The keep-alive it
+        // sends finds the lease gone (its VMs were moved meanwhile): every VM stops.
         var m = Self.holding()
         _ = m.tick(now: Self.at(1))
         _ = m.renewed(lease: 7, ttlSeconds: 3, sentAt: Self.at(1), now: Self.at(1.05))
         #expect(m.lease(at: Self.at(11)) == nil)
         let resumed = m.tick(now: Self.at(11))
-        #expect(resumed == [.selfFence(lease: 7, reason: .deadlinePassed)])
-        #expect(Self.renewals(resumed).isEmpty)
+        #expect(Self.lapses(resumed) == [.deadlinePassed])
+        #expect(Self.renewals(resumed).map(\.sentAt) == [Self.at(11)])
+        #expect(
+            m.renewed(lease: 7, ttlSeconds: 0, sentAt: Self.at(11), now: Self.at(11.01))
+                == [.selfFence(lease: 7, reason: .leaseGone)])
 
-        // Paused with a renewal in flight: its answer, read after SIGCONT, is not believed.
+        // Paused with a renewal in flight: its answer, read after SIGCONT, proves nothing
+        // left: lapsed, the deadline passed.
         var n = Self.holding()
         _ = n.tick(now: Self.at(1))
         let answer = n.renewed(lease: 7, ttlSeconds: 3, sentAt: Self.at(1), now: Self.at(12))
-        #expect(answer == [.selfFence(lease: 7, reason: .deadlinePassed)])
+        #expect(Self.lapses(answer) == [.deadlinePassed])
         #expect(n.lease(at: Self.at(12)) == nil)
     }
 
@@ -219,17 +347,21 @@ import Testing
     @Test func afterASelfFenceTheOldLeaseIsNeverUsedAgain() {
         var m = Self.holding()
         _ = m.tick(now: Self.at(1))
-        #expect(m.tick(now: Self.at(2)) == [.selfFence(lease: 7, reason: .notRenewedInTime)])
+        #expect(
+            m.tick(now: Self.at(2))
+                == [.lapse(lease: 7, reason: .notRenewedInTime), .askWitnesses(lease: 7, sentAt: Self.at(2))])
+        #expect(
+            m.witnessed(lease: 7, verdict: Self.stop, sentAt: Self.at(2), now: Self.at(2.05))
+                == [.selfFence(lease: 7, reason: .notRenewedInTime)])
         // The old renewal's answer comes in while the VMs are being destroyed: ignored.
         #expect(m.renewed(lease: 7, ttlSeconds: 3, sentAt: Self.at(1), now: Self.at(2.1)).isEmpty)
         #expect(m.lease(at: Self.at(2.1)) == nil)
-        #expect(m.watchdogMayPing(now: Self.at(2.1), interval: .milliseconds(1)) == false)
+        #expect(m.watchdogMayPing == false)
 
-        // Fenced: the lease is given back and the node registers anew, saying which lease
-        // it fenced, so that those incarnations stay stopped.
+        // Fenced: the node registers anew, saying which lease it fenced (the shell revokes
+        // it first), so that those incarnations are seen gone.
         let after = m.fenced(now: Self.at(2.3))
-        #expect(
-            after == [.revoke(lease: 7), .register(ttlSeconds: 3, sentAt: Self.at(2.3), fenced: 7)])
+        #expect(after == [.register(ttlSeconds: 3, sentAt: Self.at(2.3), fenced: 7)])
         // A failed registration is tried again a period later, still saying so.
         #expect(m.registrationFailed(sentAt: Self.at(2.3), now: Self.at(2.4)).isEmpty)
         #expect(m.nextWake == Self.at(3.4))
@@ -269,20 +401,26 @@ import Testing
 
     // MARK: - stopping and the watchdog
 
-    @Test func stoppingFencesFirstThenRevokes() {
+    @Test func stoppingFencesFirstThenRevokesWhenOthersWouldTakeTheVMsOver() {
         var m = Self.holding()
-        #expect(m.stop(now: Self.at(0.5)) == [.selfFence(lease: 7, reason: .stopping)])
+        #expect(m.stop(now: Self.at(0.5), othersMayTakeOver: true) == [.selfFence(lease: 7, reason: .stopping)])
         #expect(m.lease(at: Self.at(0.5)) == nil)
         #expect(m.fenced(now: Self.at(0.7)) == [.revoke(lease: 7)])
         #expect(m.state == .stopped)
         #expect(m.tick(now: Self.at(10)).isEmpty)
         #expect(m.nextWake == nil)
+
+        // Alone, nobody would start them elsewhere: they run on for the next vcd.
+        var alone = Self.holding()
+        #expect(alone.stop(now: Self.at(0.5), othersMayTakeOver: false) == [.revoke(lease: 7)])
+        #expect(alone.state == .stopped)
     }
 
     @Test func aStopDuringASelfFenceStopsOnceItIsDone() {
         var m = Self.holding()
         _ = m.tick(now: Self.at(2))
-        #expect(m.stop(now: Self.at(2.1)).isEmpty)
+        _ = m.witnessed(lease: 7, verdict: Self.stop, sentAt: Self.at(2), now: Self.at(2.05))
+        #expect(m.stop(now: Self.at(2.1), othersMayTakeOver: true).isEmpty)
         #expect(m.fenced(now: Self.at(2.2)) == [.revoke(lease: 7)])
         #expect(m.state == .stopped)
     }
@@ -290,31 +428,32 @@ import Testing
     @Test func aStopWhileRegisteringGivesTheGrantBackWhenItLands() {
         var m = LeaseMachine(timers: Self.timers)
         _ = m.start(now: Self.t0)
-        #expect(m.stop(now: Self.at(0.1)).isEmpty)
+        #expect(m.stop(now: Self.at(0.1), othersMayTakeOver: true).isEmpty)
         #expect(m.granted(lease: 7, ttlSeconds: 3, sentAt: Self.t0, now: Self.at(0.2)) == [.revoke(lease: 7)])
         #expect(m.lease(at: Self.at(0.2)) == nil)
     }
 
-    @Test func theWatchdogIsPingedOnlyWhileItWouldFireBeforeTheSelfFence() {
-        let m = Self.holding()
-        // Held until 2 s: a 1.5 s watchdog may be pinged until 0.5 s.
-        #expect(m.watchdogMayPing(now: Self.at(0.5), interval: .milliseconds(1500)))
-        #expect(!m.watchdogMayPing(now: Self.at(0.501), interval: .milliseconds(1500)))
-        // vcd.service's 30 s would never be pinged at a 3 s TTL.
-        #expect(!m.watchdogMayPing(now: Self.t0, interval: .seconds(30)))
-        var waiting = LeaseMachine(timers: Self.timers)
-        _ = waiting.start(now: Self.t0)
-        _ = waiting.registrationFailed(sentAt: Self.t0, now: Self.at(0.1))
-        #expect(waiting.watchdogMayPing(now: Self.at(0.1), interval: .seconds(30)))
+    @Test func theWatchdogIsPingedButWhileASelfFenceIsUnderWay() {
+        var m = Self.holding()
+        #expect(m.watchdogMayPing)
+        _ = m.tick(now: Self.at(2))
+        // Lapsed: the VMs may be meant to keep running (no quorum anywhere).
+        #expect(m.watchdogMayPing)
+        _ = m.witnessed(lease: 7, verdict: Self.stop, sentAt: Self.at(2), now: Self.at(2.05))
+        #expect(!m.watchdogMayPing)
+        _ = m.fenced(now: Self.at(2.2))
+        #expect(m.watchdogMayPing)
     }
 
     // MARK: - against a simulated etcd
 
     /// Thousands of renewals against an etcd that takes each one some time after it was
     /// sent, answers late or not at all, changes leader (every lease extended, answers
-    /// overstating the TTL) and a shell that is paused for up to 6 s: at no instant does
-    /// the machine offer a lease within the margin of its expiry on etcd, and no renewal
-    /// is bounded past that point.
+    /// overstating the TTL), other nodes that answer within 300 ms, and a shell that is
+    /// paused for up to 6 s: at no instant does the machine offer a lease within the margin
+    /// of its expiry on etcd, no renewal made under a held lease is bounded past that
+    /// point, and the VMs stop within 650 ms of their lease's expiry (of the shell's
+    /// resuming, if it was paused then), never later.
     @Test func noLeaseIsEverOfferedWithinTheMarginOfItsExpiryOnEtcd() {
         var random = SplitMix64(seed: 0x5eed)
         var checked = 0
@@ -331,6 +470,8 @@ import Testing
             }
             #expect(sim.fences > 0)
             #expect(sim.renewalsHeld > 0)
+            #expect(sim.lapses > sim.fences)
+            #expect(sim.vmsRunningPastExpiry == 0)
         }
         #expect(checked > 10_000)
     }
@@ -375,6 +516,7 @@ struct Simulation {
         case registrationFailed(sentAt: Instant)
         case renewed(lease: Int64, ttl: Int, sentAt: Instant)
         case renewalFailed(lease: Int64, sentAt: Instant)
+        case witnessed(lease: Int64, sentAt: Instant)
         case fenced
     }
 
@@ -386,7 +528,14 @@ struct Simulation {
     var pausedUntil: Instant?
     var nextLease: Int64 = 100
     var fences = 0
+    var lapses = 0
     var renewalsHeld = 0
+    /// The lease the node's VMs were started under, while they run.
+    var vmsUnder: Int64?
+    var pauseEnded: Instant?
+    /// Instants at which VMs ran longer than 650 ms after their lease expired (not counting
+    /// a pause of the shell).
+    var vmsRunningPastExpiry = 0
     let ttl = Duration.seconds(3)
 
     typealias RenewalSent = (lease: Int64, sentAt: Instant, deadline: Instant)
@@ -398,7 +547,10 @@ struct Simulation {
         carryOut(machine.start(now: now), random: &random, renewal: renewal)
         while now < end {
             if random.chance(2) { queue.append((now + random.ms(0...3000), .leaderChange)) }
-            if (pausedUntil ?? now) <= now, random.chance(1) { pausedUntil = now + random.ms(500...6000) }
+            if (pausedUntil ?? now) <= now, random.chance(1) {
+                pausedUntil = now + random.ms(500...6000)
+                pauseEnded = pausedUntil
+            }
             // A paused shell neither ticks nor reads answers: both wait for SIGCONT.
             var wake = machine.nextWake
             if let w = wake, let p = pausedUntil, p > now { wake = max(w, p) }
@@ -418,6 +570,11 @@ struct Simulation {
                 carryOut(machine.tick(now: now), random: &random, renewal: renewal)
             }
             check(now, machine, expiry)
+            if let lease = vmsUnder, let expired = expiry[lease], (pausedUntil ?? now) <= now,
+                now - max(expired, pauseEnded ?? expired) > .milliseconds(650)
+            {
+                vmsRunningPastExpiry += 1
+            }
         }
     }
 
@@ -453,6 +610,11 @@ struct Simulation {
                 directives = machine.renewed(lease: lease, ttlSeconds: ttl, sentAt: sentAt, now: now)
             case .renewalFailed(let lease, let sentAt):
                 directives = machine.renewalFailed(lease: lease, sentAt: sentAt, now: now)
+            case .witnessed(let lease, let sentAt):
+                // The other nodes ask etcd's leader: gone is gone.
+                let alive = (expiry[lease] ?? now) > now
+                let verdict: SelfFence.Verdict = alive ? .keepRunning("time left") : .stop("expired")
+                directives = machine.witnessed(lease: lease, verdict: verdict, sentAt: sentAt, now: now)
             case .fenced:
                 directives = machine.fenced(now: now)
             }
@@ -473,10 +635,11 @@ struct Simulation {
                     let taken = now + random.ms(0...400)
                     queue.append((taken, .grant(sentAt: sentAt, answer: taken + random.ms(0...400))))
                 }
-            case .hold:
+            case .hold(let lease, _):
                 renewalsHeld += 1
+                if vmsUnder == nil { vmsUnder = lease }
             case .renew(let lease, let sentAt, let deadline):
-                renewal((lease, sentAt, deadline), expiry)
+                if case .holding = machine.state { renewal((lease, sentAt, deadline), expiry) }
                 if random.chance(15) {
                     // Lost before etcd saw it.
                     queue.append(
@@ -497,7 +660,12 @@ struct Simulation {
                 }
             case .selfFence:
                 fences += 1
+                vmsUnder = nil
                 queue.append((now + random.ms(0...300), .report(.fenced)))
+            case .lapse:
+                lapses += 1
+            case .askWitnesses(let lease, let sentAt):
+                queue.append((now + random.ms(0...300), .report(.witnessed(lease: lease, sentAt: sentAt))))
             case .revoke(let lease):
                 expiry[lease] = nil
             }
