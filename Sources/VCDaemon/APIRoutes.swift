@@ -165,8 +165,10 @@ struct APIRoutes: Sendable {
             try await respond { () async throws -> LostAnswer in
                 let body = try await decode(LostCall.self, request, context)
                 guard await node.lease.id == nil, await node.lease.last == body.lease else {
+                    node.logger.notice("told lost, but this node holds its lease", metadata: ["by": "\(body.by)"])
                     return LostAnswer(stopped: nil)
                 }
+                node.logger.notice("told lost: stopping every VM", metadata: ["by": "\(body.by)"])
                 let stopped = await NodeLease.stopEveryGuest(node)
                 node.logger.critical(
                     "self-fenced: every VM of this node is stopped",

@@ -389,30 +389,64 @@ public struct NodeLease: Service, CustomStringConvertible {
     /// SIGKILL at once: libvirt's destroy sends SIGTERM first and waits 10 s for it, and a
     /// QEMU whose iSCSI disk hangs (the node is cut off) spends them draining its I/O.
     /// libvirt's destroy then only cleans up after a process that is gone.
+    ///
+    /// The QEMUs are killed first from libvirt's status files, before any libvirt call: a
+    /// libvirtd whose workers for this connection are all busy (calls to a QEMU whose disk
+    /// hangs) would queue the destroy for seconds, while the other nodes start the VMs.
     static func stopEveryGuest(_ node: PeerNode) async -> Int {
-        (try? await node.hypervisor.run { conn in
-            var stopped = 0
-            for d in try conn.allDomains()
-            where d.isActive && d.metadata(namespace: DomainDocument.metadataNamespace) != nil {
-                killQEMU(of: d.name)
-                if (try? d.destroy()) != nil { stopped += 1 }
-            }
-            return stopped
-        }) ?? 0
+        let started = ContinuousClock.now
+        // The status files are the system libvirtd's; another URI's QEMUs are not looked for.
+        let killed: [String] = node.hypervisor.uri == "qemu:///system" ? killEveryGuestQEMU() : []
+        let destroyed: [String] =
+            (try? await node.hypervisor.run { conn -> [String] in
+                var destroyed: [String] = []
+                for d in try conn.allDomains()
+                where d.isActive && d.metadata(namespace: DomainDocument.metadataNamespace) != nil {
+                    killQEMU(of: d.name)
+                    if (try? d.destroy()) != nil { destroyed.append(d.name) }
+                }
+                return destroyed
+            }) ?? []
+        node.logger.debug(
+            "every VM stopped",
+            metadata: [
+                "killed": "\(killed.sorted())", "destroyed": "\(destroyed.sorted())",
+                "seconds": "\(ContinuousClock.now - started)",
+            ])
+        return Set(killed).union(destroyed).count
+    }
+
+    /// Where libvirt keeps a running domain's pid file and status (its definition inside).
+    static let libvirtRunDirectory = "/run/libvirt/qemu"
+
+    /// SIGKILL to every QEMU whose libvirt status names Peerless's metadata; their domains.
+    static func killEveryGuestQEMU() -> [String] {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: libvirtRunDirectory)) ?? []
+        var killed: [String] = []
+        for file in files where file.hasSuffix(".pid") {
+            let name = String(file.dropLast(4))
+            guard
+                let status = try? String(contentsOfFile: "\(libvirtRunDirectory)/\(name).xml", encoding: .utf8),
+                status.contains(DomainDocument.metadataNamespace), killQEMU(of: name)
+            else { continue }
+            killed.append(name)
+        }
+        return killed
     }
 
     /// SIGKILL to the QEMU libvirt started for `domain`, found by its pid file and checked
     /// by its command line (a PID reused since is left alone).
-    static func killQEMU(of domain: String) {
-        guard let text = try? String(contentsOfFile: "/run/libvirt/qemu/\(domain).pid", encoding: .utf8),
+    @discardableResult
+    static func killQEMU(of domain: String) -> Bool {
+        guard let text = try? String(contentsOfFile: "\(libvirtRunDirectory)/\(domain).pid", encoding: .utf8),
             let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1,
             let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline")
-        else { return }
+        else { return false }
         let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
         guard args.first?.contains("qemu") == true,
             args.contains(where: { $0.hasPrefix("guest=\(domain),") || $0 == "guest=\(domain)" })
-        else { return }
-        kill(pid, SIGKILL)
+        else { return false }
+        return kill(pid, SIGKILL) == 0
     }
 }
 

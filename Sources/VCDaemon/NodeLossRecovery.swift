@@ -75,8 +75,9 @@ struct NodeLossRecovery: Sendable {
         logger.warning(
             "node lost: fencing its incarnations at the storage", metadata: ["vms": "\(fence.initiators.count)"])
         let started = ContinuousClock.now
-        // Told first, beside the fence: a node cut off from etcd alone still hears it, and
-        // stops its VMs before they start elsewhere (its own questions are slower).
+        // Told first, beside the fence: a node cut off from etcd alone still hears it and
+        // stops its VMs. The fence is recorded (and the VMs start elsewhere) only once it
+        // said so, or could not be reached, or took too long (`tellLost`).
         async let told = tellLost(fence.node)
         do {
             let storage = try await node.storageNode()
@@ -87,6 +88,8 @@ struct NodeLossRecovery: Sendable {
             }
             if let stopped = await told {
                 logger.notice("the lost node stopped its VMs", metadata: ["stopped": "\(stopped)"])
+            } else {
+                logger.notice("the lost node did not answer", metadata: ["after": "\(ContinuousClock.now - started)"])
             }
             try await node.catalog.recordFenced(
                 NodeLoss.Fenced(node: fence.node, initiators: Set(fence.initiators), by: node.name, at: node.now()))
@@ -99,12 +102,23 @@ struct NodeLossRecovery: Sendable {
 
     /// How many VMs the lost node said it stopped; nil when it did not answer in time, holds
     /// a lease, or was never seen alive by this vcd (nothing to name its lease by).
+    ///
+    /// A node that cannot be reached at all (dead, or cut off from everything) costs the
+    /// connect timeout, ``PeerCalls/lostConnectTimeout``: it stops its VMs by itself when no
+    /// other node answers it. One that is reached is waited for up to
+    /// ``PeerCalls/lostAnswerBound``: it kills its QEMUs as the call arrives, and its VMs
+    /// must be gone before they start here.
     private func tellLost(_ name: String) async -> Int? {
-        guard let lease = lastLeases.last(name), let record = try? await node.member(name) else { return nil }
-        // Half a second: the node acts on the call as it arrives, and starting its VMs
-        // elsewhere takes longer than destroying them there; one that cannot be reached
-        // (cut off from everything) stopped them at its lapse, all the others silent.
-        return await node.peers.tellLost(record, lease: lease, by: node.name, within: .milliseconds(500))?.stopped
+        guard let lease = lastLeases.last(name) else { return nil }
+        return await within(PeerCalls.lostAnswerBound) { () async -> Int? in
+            // The record the last pass read, not a read of etcd (which may be electing).
+            let witnesses = await node.lease.witnesses
+            let known = witnesses.first { $0.name == name }
+            let record: NodeRecord?
+            if let known { record = known } else { record = try? await node.member(name) }
+            guard let record else { return nil }
+            return await node.peers.tellLost(record, lease: lease, by: node.name)?.stopped
+        }
     }
 
     private func recover(_ recovery: NodeLoss.Recovery) async {

@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Foundation
 import VCCatalog
 import VCClient
@@ -101,14 +102,21 @@ struct LostCall: Codable, Sendable {
 struct LostAnswer: Codable, Sendable { var stopped: Int? }
 
 extension PeerCalls {
-    /// Tells `record`'s vcd that it was found lost; its answer, nil if none came in `bound`.
-    func tellLost(_ record: NodeRecord, lease: Int64, by finder: String, within bound: Duration) async
-        -> LostAnswer?
-    {
-        await within(bound) { () async -> LostAnswer? in
-            try? await client(record).post(
-                "/\(API.version)/internal/lost", body: LostCall(lease: lease, by: finder), timeout: bound)
-        }
+    /// How long a node found lost may take to connect: on the nodes' own network a connect
+    /// takes well under a millisecond, so one not made by then is not coming.
+    static let lostConnectTimeout = Duration.milliseconds(300)
+    /// How long a node found lost, once reached, is waited for to say its VMs are stopped.
+    static let lostAnswerBound = Duration.seconds(3)
+    /// The calls to a lost node have a client of their own, for its short connect timeout.
+    static let lostHTTP = HTTPClient(
+        eventLoopGroupProvider: .singleton,
+        configuration: HTTPClient.Configuration(
+            timeout: .init(connect: .init(lostConnectTimeout), read: .init(lostAnswerBound))))
+
+    /// Tells `record`'s vcd that it was found lost; its answer, nil if there was none.
+    func tellLost(_ record: NodeRecord, lease: Int64, by finder: String) async -> LostAnswer? {
+        try? await VCDClient(endpoint: record.api, token: token, http: Self.lostHTTP).post(
+            "/\(API.version)/internal/lost", body: LostCall(lease: lease, by: finder), timeout: Self.lostAnswerBound)
     }
 }
 
