@@ -66,7 +66,9 @@ let package = Package(
             name: "VCDaemon",
             dependencies: [
                 "VCModel", "VCCatalog", "VCStorage", "VCNetwork", "VCHost", "Libvirt", "Systemd", "VCClient",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOPosix
 import ServiceLifecycle
 import Systemd
 import VCCatalog
@@ -396,7 +397,11 @@ public struct NodeLease: Service, CustomStringConvertible {
     static func stopEveryGuest(_ node: PeerNode) async -> Int {
         let started = ContinuousClock.now
         // The status files are the system libvirtd's; another URI's QEMUs are not looked for.
-        let killed: [String] = node.hypervisor.uri == "qemu:///system" ? killEveryGuestQEMU() : []
+        // Off Swift's few cooperative threads: reading a wedged process's command line
+        // can block.
+        let killed: [String] =
+            node.hypervisor.uri == "qemu:///system"
+            ? ((try? await NIOThreadPool.singleton.runIfActive { killEveryGuestQEMU() }) ?? []) : []
         let destroyed: [String] =
             (try? await node.hypervisor.run { conn -> [String] in
                 var destroyed: [String] = []

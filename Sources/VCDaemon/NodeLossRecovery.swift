@@ -54,7 +54,10 @@ struct NodeLossRecovery: Sendable {
         } catch {
             return
         }
-        for fence in plan.fences { await self.fence(fence, lease: lease) }
+        // Side by side: each waits up to 3 s for its node's answer (`tellLost`).
+        await withDiscardingTaskGroup { group in
+            for fence in plan.fences { group.addTask { await self.fence(fence, lease: lease) } }
+        }
         for recovery in plan.recoveries { await recover(recovery) }
     }
 
@@ -86,9 +89,14 @@ struct NodeLossRecovery: Sendable {
             } else {
                 try await node.peers.fence(fence.initiators, on: storage)
             }
-            if let stopped = await told {
-                logger.notice("the lost node stopped its VMs", metadata: ["stopped": "\(stopped)"])
-            } else {
+            switch await told {
+            case .stopped(let count):
+                logger.notice("the lost node stopped its VMs", metadata: ["stopped": "\(count)"])
+            case .holdsALease:
+                logger.warning("the lost node says it holds a lease; fenced all the same")
+            case .notAsked:
+                break
+            case .noAnswer:
                 logger.notice("the lost node did not answer", metadata: ["after": "\(ContinuousClock.now - started)"])
             }
             try await node.catalog.recordFenced(
@@ -100,25 +108,36 @@ struct NodeLossRecovery: Sendable {
         }
     }
 
-    /// How many VMs the lost node said it stopped; nil when it did not answer in time, holds
-    /// a lease, or was never seen alive by this vcd (nothing to name its lease by).
-    ///
-    /// A node that cannot be reached at all (dead, or cut off from everything) costs the
-    /// connect timeout, ``PeerCalls/lostConnectTimeout``: it stops its VMs by itself when no
-    /// other node answers it. One that is reached is waited for up to
-    /// ``PeerCalls/lostAnswerBound``: it kills its QEMUs as the call arrives, and its VMs
-    /// must be gone before they start here.
-    private func tellLost(_ name: String) async -> Int? {
-        guard let lease = lastLeases.last(name) else { return nil }
-        return await within(PeerCalls.lostAnswerBound) { () async -> Int? in
+    /// What the lost node said when told (`tellLost`).
+    private enum Told: Sendable {
+        /// It stopped this many VMs.
+        case stopped(Int)
+        /// It holds a lease, or another one than named: it does not think itself lost.
+        case holdsALease
+        /// Never seen alive by this vcd: there is no lease to name it by.
+        case notAsked
+        /// Not reached, or no answer in time.
+        case noAnswer
+    }
+
+    /// Tells a lost node so. A node that cannot be reached at all (dead, or cut off from
+    /// everything) costs the connect timeout, ``PeerCalls/lostConnectTimeout``: it stops
+    /// its VMs by itself when no other node answers it. One that is reached is waited for
+    /// up to ``PeerCalls/lostAnswerBound``: it kills its QEMUs as the call arrives, and its
+    /// VMs must be gone before they start elsewhere.
+    private func tellLost(_ name: String) async -> Told {
+        guard let lease = lastLeases.last(name) else { return .notAsked }
+        let answer = await within(PeerCalls.lostAnswerBound) { () async -> LostAnswer? in
             // The record the last pass read, not a read of etcd (which may be electing).
             let witnesses = await node.lease.witnesses
             let known = witnesses.first { $0.name == name }
             let record: NodeRecord?
             if let known { record = known } else { record = try? await node.member(name) }
             guard let record else { return nil }
-            return await node.peers.tellLost(record, lease: lease, by: node.name)?.stopped
+            return await node.peers.tellLost(record, lease: lease, by: node.name)
         }
+        guard let answer else { return .noAnswer }
+        return answer.stopped.map { .stopped($0) } ?? .holdsALease
     }
 
     private func recover(_ recovery: NodeLoss.Recovery) async {

@@ -107,11 +107,19 @@ extension PeerCalls {
     static let lostConnectTimeout = Duration.milliseconds(300)
     /// How long a node found lost, once reached, is waited for to say its VMs are stopped.
     static let lostAnswerBound = Duration.seconds(3)
-    /// The calls to a lost node have a client of their own, for its short connect timeout.
+    /// The calls to a lost node have a client of their own: a connect that fails is not
+    /// tried again (AsyncHTTPClient's default retries until the request's deadline), and
+    /// an idle connection is closed after a second, so that a call never goes down one
+    /// kept from before the node died.
     static let lostHTTP = HTTPClient(
         eventLoopGroupProvider: .singleton,
-        configuration: HTTPClient.Configuration(
-            timeout: .init(connect: .init(lostConnectTimeout), read: .init(lostAnswerBound))))
+        configuration: {
+            var configuration = HTTPClient.Configuration(
+                timeout: .init(connect: .init(lostConnectTimeout), read: .init(lostAnswerBound)))
+            configuration.connectionPool.retryConnectionEstablishment = false
+            configuration.connectionPool.idleTimeout = .seconds(1)
+            return configuration
+        }())
 
     /// Tells `record`'s vcd that it was found lost; its answer, nil if there was none.
     func tellLost(_ record: NodeRecord, lease: Int64, by finder: String) async -> LostAnswer? {
