@@ -176,7 +176,11 @@ import VCModel
             let sampling = Task { await sampler.run() }
             var (lost, leftovers, disturbed) = (0, 0, 0)
             for round in 1...(2 * rounds) {
-                let before = try await bed.vcJSON("n3", ClusterStatus.self, ["cluster", "show", name])
+                // Read through an etcd election (a node back from a round rejoins etcd).
+                let before = try await eventually("the cluster before the round", timeout: .seconds(30)) {
+                    let s = try? await bed.vcJSON("n3", ClusterStatus.self, ["cluster", "show", name])
+                    return (s, "no answer")
+                }
                 // The node of the first VM, and another node to ask.
                 let victim = try #require(before.vms.first?.node)
                 let witness = try #require(bed.nodes.first { $0 != victim })
@@ -208,7 +212,10 @@ import VCModel
                 // A VM that was not on the lost node and is not running now was stopped by a
                 // node that did not need to (a false self-fence): it comes back, but its
                 // guest rebooted. One that does not come back is lost.
-                let now = try await bed.vcJSON(witness, ClusterStatus.self, ["cluster", "show", name])
+                let now = try await eventually("the cluster after the round", timeout: .seconds(30)) {
+                    let s = try? await bed.vcJSON(witness, ClusterStatus.self, ["cluster", "show", name])
+                    return (s, "no answer")
+                }
                 let down = now.vms.filter { $0.domain != "running" }
                 let stopped = down.filter { vm in !moving.contains { $0.name == vm.name } }
                 disturbed += stopped.count
