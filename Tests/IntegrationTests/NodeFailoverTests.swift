@@ -112,10 +112,8 @@ import VCModel
                 #expect(!again.stdout.contains(vm.initiator), "\(vm.initiator) back at tgtd:\n\(again.stdout)")
             }
             // Read through etcd's election after the heal.
-            let still = try await eventually("the cluster after the heal", timeout: .seconds(60), every: .seconds(1)) {
-                let s = try? await bed.vcJSON(witness, ClusterStatus.self, ["cluster", "show", name])
-                return (s, "no answer")
-            }
+            let still = try await clusterShown(
+                bed, name, asking: witness, "the cluster after the heal", timeout: .seconds(60))
             #expect(still.vms.allSatisfy { $0.domain == "running" }, "\(still.vms)")
             if !still.vms.allSatisfy({ $0.domain == "running" }) { bed.dumpLogs() }
             #expect(still.cluster.vms.map(\.node) == after.cluster.vms.map(\.node))
@@ -177,10 +175,7 @@ import VCModel
             var (lost, leftovers, disturbed) = (0, 0, 0)
             for round in 1...(2 * rounds) {
                 // Read through an etcd election (a node back from a round rejoins etcd).
-                let before = try await eventually("the cluster before the round", timeout: .seconds(30)) {
-                    let s = try? await bed.vcJSON("n3", ClusterStatus.self, ["cluster", "show", name])
-                    return (s, "no answer")
-                }
+                let before = try await clusterShown(bed, name, asking: "n3", "the cluster before the round")
                 // The node of the first VM, and another node to ask.
                 let victim = try #require(before.vms.first?.node)
                 let witness = try #require(bed.nodes.first { $0 != victim })
@@ -212,10 +207,7 @@ import VCModel
                 // A VM that was not on the lost node and is not running now was stopped by a
                 // node that did not need to (a false self-fence): it comes back, but its
                 // guest rebooted. One that does not come back is lost.
-                let now = try await eventually("the cluster after the round", timeout: .seconds(30)) {
-                    let s = try? await bed.vcJSON(witness, ClusterStatus.self, ["cluster", "show", name])
-                    return (s, "no answer")
-                }
+                let now = try await clusterShown(bed, name, asking: witness, "the cluster after the round")
                 let down = now.vms.filter { $0.domain != "running" }
                 let stopped = down.filter { vm in !moving.contains { $0.name == vm.name } }
                 disturbed += stopped.count
@@ -331,6 +323,17 @@ import VCModel
     }
 
     /// Waits until `node` has no domain of the cluster, running or defined.
+    /// `vc cluster show NAME` on `node`, asked every second until answered: a read during
+    /// an etcd election is refused ("no quorum at the moment").
+    func clusterShown(
+        _ bed: NodeTestbed, _ name: String, asking node: String, _ what: String, timeout: Duration = .seconds(30)
+    ) async throws -> ClusterStatus {
+        try await eventually(what, timeout: timeout, every: .seconds(1)) {
+            let s = try? await bed.vcJSON(node, ClusterStatus.self, ["cluster", "show", name])
+            return (s, "no answer")
+        }
+    }
+
     func holdsNothing(_ bed: NodeTestbed, _ node: String, of name: String) async throws {
         _ = try await eventually("\(node) to drop its domains of \(name)", timeout: .seconds(90), every: .seconds(1)) {
             let domains = try await bed.exec(node, ["virsh", "-c", "qemu:///system", "list", "--all", "--name"])
